@@ -1,0 +1,60 @@
+"""Exceptions raised by market_platform.
+
+    MarketPlatformError
+    ├── ConfigError                  a setting or URL is wrong (names the variable, never a secret)
+    ├── InvalidInputError            a user asked for something that cannot exist
+    │   ├── NotASessionError         a date that is not a trading session
+    │   └── UnknownDatasetError      a lake dataset that is not defined
+    ├── StorageError
+    │   ├── DatabaseUnavailableError the tick store cannot be reached
+    │   └── LakeError                a lake read or write failed
+    └── VendorError                  a market data vendor refused or failed a request
+        ├── VendorAuthError          401/403 from REST, 402/409 on a stream: fix the key or plan
+        └── VendorUnavailableError   retries exhausted on 429/5xx or a network failure
+
+Every message names the offending value and what was expected; none carries a secret.
+"""
+
+
+class MarketPlatformError(Exception):
+    """Base class of every error the platform raises on purpose."""
+
+
+class ConfigError(MarketPlatformError):
+    """A configuration value (environment variable, URL, option) is invalid."""
+
+
+class InvalidInputError(MarketPlatformError, ValueError):
+    """A user-supplied value is impossible: a bad date range, an unknown name."""
+
+
+class NotASessionError(InvalidInputError):
+    """The date is not a trading session of the exchange calendar."""
+
+
+class UnknownDatasetError(InvalidInputError):
+    """The lake has no dataset of that name."""
+
+
+class StorageError(MarketPlatformError):
+    """A storage operation failed."""
+
+
+class DatabaseUnavailableError(StorageError):
+    """The tick store database cannot be reached."""
+
+
+class LakeError(StorageError):
+    """A Parquet lake read or write failed."""
+
+
+class VendorError(MarketPlatformError):
+    """A market data vendor refused or failed a request."""
+
+
+class VendorAuthError(VendorError):
+    """The vendor rejected the credentials or the plan does not include the data."""
+
+
+class VendorUnavailableError(VendorError):
+    """The vendor kept failing (rate limit, server errors, network) after retries."""

@@ -1,0 +1,174 @@
+"""Arrow schemas of everything the platform stores: the only place column names and types live.
+
+Timestamps are UTC with nanosecond precision in Arrow and Parquet (PostgreSQL keeps
+microseconds). Prices are float64; sizes and volumes are float64 too, because vendors now send
+fractional shares. Every row carries a `source` naming where it came from (see `Source`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from market_platform.errors import InvalidInputError
+
+TS = pa.timestamp("ns", tz="UTC")
+
+
+class Source(StrEnum):
+    """Values of the `source` column."""
+
+    SIM = "sim"                              # the in-process simulated market
+    POLYGON_REST = "polygon_rest"            # Polygon/Massive REST aggregates
+    POLYGON_FLATFILES = "polygon_flatfiles"  # Polygon/Massive Flat Files on S3
+    ALPACA_REST = "alpaca_rest"              # Alpaca historical REST
+    ALPACA_STREAM = "alpaca_stream"          # Alpaca websocket, live
+    ALPACA_REPAIR = "alpaca_repair"          # Alpaca REST, fetched to fill a stream gap
+    DERIVED = "derived"                      # computed by the platform (rollups)
+
+
+BARS = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),  # start of the bar's interval
+        pa.field("open", pa.float64(), nullable=False),
+        pa.field("high", pa.float64(), nullable=False),
+        pa.field("low", pa.float64(), nullable=False),
+        pa.field("close", pa.float64(), nullable=False),
+        pa.field("volume", pa.float64(), nullable=False),
+        pa.field("vwap", pa.float64()),
+        pa.field("trade_count", pa.int64()),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+QUOTES = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("bid_price", pa.float64(), nullable=False),
+        pa.field("bid_size", pa.float64(), nullable=False),
+        pa.field("ask_price", pa.float64(), nullable=False),
+        pa.field("ask_size", pa.float64(), nullable=False),
+        pa.field("bid_exchange", pa.string()),
+        pa.field("ask_exchange", pa.string()),
+        pa.field("conditions", pa.string()),  # vendor condition codes, comma-joined
+        pa.field("tape", pa.string()),
+        # The vendor's sequence number where it sends one, else `quote_seq` (a content hash):
+        # with symbol and ts it identifies a quote, so redeliveries deduplicate.
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+TRADES = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("price", pa.float64(), nullable=False),
+        pa.field("size", pa.float64(), nullable=False),
+        pa.field("exchange", pa.string(), nullable=False),  # "" when the vendor sends none (crypto)
+        # Vendor trade id; unsigned 64-bit ids above 2**63-1 keep their bits as a negative int64.
+        pa.field("trade_id", pa.int64(), nullable=False),
+        pa.field("conditions", pa.string()),
+        pa.field("tape", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+UNIVERSE = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("name", pa.string()),
+        pa.field("category", pa.string(), nullable=False),  # one of CATEGORIES
+        pa.field("type", pa.string()),  # vendor type code: CS, ETF, ADRC, ...
+        pa.field("exchange", pa.string()),  # primary exchange MIC (XNYS, XNAS, ...)
+        pa.field("currency", pa.string()),
+        pa.field("market_cap", pa.float64()),
+        pa.field("active", pa.bool_(), nullable=False),
+        pa.field("list_date", pa.date32()),
+        pa.field("delist_date", pa.date32()),
+        pa.field("snapshot_date", pa.date32(), nullable=False),  # the day this row describes
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+#: Ticker categories, as partitions of `ticker_universe`.
+CATEGORIES = ("us_equities", "etf", "crypto", "fx", "options", "indices", "otc")
+
+#: Columns that identify a row; writers deduplicate on them.
+KEYS: dict[str, tuple[str, ...]] = {
+    "bars": ("symbol", "ts", "source"),
+    "quotes": ("symbol", "ts", "seq"),
+    "trades": ("symbol", "ts", "exchange", "trade_id"),
+    "universe": ("snapshot_date", "category", "symbol"),
+}
+
+SCHEMAS: dict[str, pa.Schema] = {"bars": BARS, "quotes": QUOTES, "trades": TRADES, "universe": UNIVERSE}
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, in order, cast to its types.
+
+    Raises InvalidInputError naming the missing columns or the column that cannot be cast.
+    """
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise InvalidInputError(
+            f"table lacks columns {missing}: expected {schema.names}, got {table.column_names}"
+        )
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InvalidInputError(
+                    f"column {field.name!r} of type {column.type} cannot become {field.type}: {exc}"
+                ) from None
+        if not field.nullable and column.null_count:
+            raise InvalidInputError(f"column {field.name!r} has {column.null_count} nulls: expected none")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised: a fast, well-spread 64-bit hash step."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def quote_seq(ts: pa.Array | pa.ChunkedArray, *prices_and_sizes: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A content hash of quotes (timestamp in ns, bid/ask prices and sizes) as int64.
+
+    Vendors such as Alpaca send no quote sequence number; this stands in for it, so a redelivered
+    quote hashes to the same value and deduplicates, while two different quotes in the same
+    nanosecond stay distinct. Vectorised: no Python object per row.
+    """
+    with np.errstate(over="ignore"):
+        h = _mix(_to_numpy(pc.cast(ts, pa.int64())).view(np.uint64).copy())
+        for column in prices_and_sizes:
+            bits = _to_numpy(pc.cast(column, pa.float64())).view(np.uint64)
+            h = _mix(h ^ bits)
+    return pa.array(h.view(np.int64))
+
+
+def _to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array.to_numpy(zero_copy_only=False)

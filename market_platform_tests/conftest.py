@@ -1,0 +1,3 @@
+"""Shared fixtures. Each layer's fixtures live in market_platform_tests/fixtures/ as a pytest plugin."""
+
+pytest_plugins: list[str] = []
