@@ -1,0 +1,166 @@
+"""`market-platform`: the command line of the platform.
+
+Every command that fails on bad input or an unreachable service prints one line starting with
+`error:` on stderr and exits with status 2; no traceback, no secret.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from market_platform import settings
+from market_platform.errors import MarketPlatformError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def fail_cleanly(fn: Callable) -> Callable:
+    """Turn the platform's own errors into one `error:` line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MarketPlatformError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _store():
+    from market_platform.storage.timescale import TickStore
+
+    return TickStore.from_settings()
+
+
+def dagster_env(store_url: str) -> dict[str, str]:
+    """Environment for Dagster processes: DAGSTER_HOME under the platform's home, with the
+    project's dagster.yaml, storing runs and events in the tick store's PostgreSQL server."""
+    from market_platform.storage.timescale import dagster_storage_url
+
+    home = settings.dagster_home()
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return {
+        "DAGSTER_HOME": str(home),
+        "MARKET_DAGSTER_PG_URL": dagster_storage_url(store_url),
+        settings.HOME_VAR: str(settings.home()),
+    }
+
+
+@click.group()
+def main() -> None:
+    """market_platform: live tick store, Parquet lake and derived market data on Dagster."""
+
+
+@main.group()
+def db() -> None:
+    """The tick store database (MARKET_DB_URL, or an embedded PostgreSQL under the home)."""
+
+
+@db.command("init")
+@fail_cleanly
+def db_init() -> None:
+    """Create or upgrade the tick store schema, and create the partitions ahead."""
+    store = _store()
+    applied = store.init_schema()
+    maintained = store.maintain()
+    click.echo(f"tick store: {store.redacted_url} ({store.variant()})")
+    click.echo(f"migrations applied: {len(applied)}" + (f" ({', '.join(applied)})" if applied else ""))
+    click.echo(f"maintenance: {json.dumps(maintained, default=str)}")
+
+
+@db.command("status")
+@fail_cleanly
+def db_status() -> None:
+    """Print the schema version and the rows and size of each table."""
+    click.echo(json.dumps(_store().status(), indent=2, default=str))
+
+
+@db.command("stop")
+@fail_cleanly
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server (no effect when MARKET_DB_URL is set)."""
+    from market_platform.storage.timescale import stop_embedded
+
+    click.echo("stopped" if stop_embedded() else "no embedded server was running")
+
+
+@main.command()
+@click.option("--sessions", default=3, show_default=True, help="How many recent sessions to build.")
+@click.option("--stocks", default=500, show_default=True, help="Size of the simulated stock universe.")
+@fail_cleanly
+def demo(sessions: int, stocks: int) -> None:
+    """Build a lake of bars for the last few sessions of the simulated market, through Dagster."""
+    from market_platform import calendar
+
+    started = time.monotonic()
+    store = _store()
+    applied = store.init_schema()
+    store.maintain()
+    click.echo(f"tick store  {store.redacted_url} ({store.variant()}, {len(applied)} migrations applied)")
+
+    os.environ.update(dagster_env(store.url))
+    os.environ["MARKET_SIM_STOCKS"] = str(stocks)
+    import dagster as dg
+
+    from market_platform.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    job = defs().resolve_job_def("bars_job")
+    last = calendar.default_calendar().last_completed_session(datetime.now(timezone.utc))
+    days = calendar.sessions("2004-01-02", last)[-sessions:]
+    for day in days:
+        t0 = time.monotonic()
+        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance)
+        if not result.success:
+            raise MarketPlatformError(f"bars_job failed for {day}: run {result.run_id}")
+        click.echo(f"session {day}  bars_job run {result.run_id[:8]} in {time.monotonic() - t0:.1f}s")
+
+    from market_platform.storage.lake import Lake
+
+    lake = Lake.from_settings()
+    click.echo("\nlake        " + settings.lake_url())
+    for dataset in ("minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d"):
+        counts = [lake.count(dataset, d.isoformat()) for d in days]
+        click.echo(f"  {dataset:<12} " + "  ".join(f"{d}: {n:>9,}" for d, n in zip(days, counts)))
+    click.echo(f"\nbuilt {len(days)} sessions of {stocks} simulated stocks in {time.monotonic() - started:.0f}s")
+    click.echo(
+        "\nnext:\n"
+        "  make ui                               # the Dagster UI at http://127.0.0.1:3000 (runs, assets, partitions)\n"
+        "  .venv/bin/market-platform db status   # the tick store\n"
+        f"  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select symbol, count(*) from "
+        f"read_parquet('{settings.lake_url()}/minute_bars/*/*.parquet') group by 1 order by 2 desc limit 5\\\"))\""
+    )
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@fail_cleanly
+def ui(port: int, host: str) -> None:
+    """Start the Dagster UI (dagster dev) on the platform's database and lake."""
+    store = _store()
+    store.init_schema()
+    env = {**os.environ, **dagster_env(store.url)}
+    dagster = Path(sys.executable).with_name("dagster")
+    click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
+    os.execve(
+        str(dagster),
+        [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)],
+        env,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""The Dagster entry point: everything under defs/, plus resources wired from the environment."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from market_platform.defs.resources import default_resources
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(project_root=Path(__file__).resolve().parent.parent),
+        dg.Definitions(resources=default_resources()),
+    )

@@ -1,0 +1,46 @@
+"""Partitions: trading days in New York (stocks) and UTC days (crypto)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import dagster as dg
+
+from market_platform import calendar
+
+# Saturday and Sunday ticks of the daily cron; holidays are excluded one by one.
+WEEKEND_CRONS = ["0 0 * * 6", "0 0 * * 0"]
+
+#: Vendors' minute history reaches back to 2004.
+DEFAULT_START = calendar.CALENDAR_START.isoformat()
+
+
+def holiday_datetimes(start: str) -> list[datetime]:
+    """Exchange holidays (weekdays without a session) from `start` on, as midnights in New York."""
+    return [
+        datetime.combine(day, datetime.min.time(), tzinfo=calendar.NEW_YORK)
+        for day in calendar.holidays(start)
+    ]
+
+
+def trading_days(start: str = DEFAULT_START) -> dg.DailyPartitionsDefinition:
+    """Daily partitions in New York time that skip weekends and exchange holidays.
+
+    `end_offset=1` makes today's partition exist, so a session can be materialized right after
+    its close instead of the next day.
+    """
+    return dg.DailyPartitionsDefinition(
+        start_date=start,
+        timezone="America/New_York",
+        end_offset=1,
+        exclusions=[*WEEKEND_CRONS, *holiday_datetimes(start)],
+    )
+
+
+def crypto_days(start: str = "2018-01-01") -> dg.DailyPartitionsDefinition:
+    """Daily partitions on UTC days: crypto trades around the clock."""
+    return dg.DailyPartitionsDefinition(start_date=start, timezone="UTC", end_offset=1)
+
+
+trading_days_def = trading_days()
+crypto_days_def = crypto_days()

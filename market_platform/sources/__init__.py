@@ -1,0 +1,1 @@
+"""Vendor adapters behind small interfaces; no Dagster imports."""
