@@ -72,13 +72,18 @@ def tree(root: Path) -> list[str]:
 def test_write_sorts_conforms_and_reads_back(lake: Lake) -> None:
     table = bars()
     # A table with wrong-but-castable types and extra chunks is conformed to schemas.BARS.
-    loose = table.set_column(table.schema.get_field_index("volume"), "volume", pc.cast(table["volume"], pa.int64()))
+    loose = table.set_column(
+        table.schema.get_field_index("volume"), "volume", pc.cast(table["volume"], pa.int64())
+    )
     assert lake.write_partition("minute_bars", DAY, loose) == table.num_rows
 
     back = lake.read_partition("minute_bars", DAY)
     assert back.schema.equals(schemas.BARS)
     assert back.equals(stored(table))
-    assert lake.read_partition("minute_bars", DAY, columns=["symbol", "close"]).column_names == ["symbol", "close"]
+    assert lake.read_partition("minute_bars", DAY, columns=["symbol", "close"]).column_names == [
+        "symbol",
+        "close",
+    ]
     assert lake.has_partition("minute_bars", DAY) and not lake.has_partition("minute_bars", "2024-11-27")
     assert lake.count("minute_bars", DAY) == table.num_rows
 
@@ -104,13 +109,19 @@ def test_replace_swaps_the_whole_partition_and_leaves_no_temp_files(lake: Lake, 
     lake.write_partition("minute_bars", DAY, bars(symbols=3, seed=2))
     assert lake.count("minute_bars", DAY) == 3 * 30
     assert lake.read_partition("minute_bars", DAY).equals(stored(bars(symbols=3, seed=2)))
-    assert tree(tmp_path / "lake") == ["minute_bars", f"minute_bars/date={DAY}", f"minute_bars/date={DAY}/data.parquet"]
+    assert tree(tmp_path / "lake") == [
+        "minute_bars",
+        f"minute_bars/date={DAY}",
+        f"minute_bars/date={DAY}/data.parquet",
+    ]
 
 
 def test_partitions_dates_datasets_count_and_delete(lake: Lake, tmp_path: Path) -> None:
     assert lake.datasets() == [] and lake.partitions("minute_bars") == [] and lake.count("minute_bars") == 0
     for day, symbols in (("2024-11-29", 2), ("2024-11-26", 3), ("2024-11-27", 4)):
-        lake.write_partition("minute_bars", dt.date.fromisoformat(day) if symbols == 4 else day, bars(symbols, day=day))
+        lake.write_partition(
+            "minute_bars", dt.date.fromisoformat(day) if symbols == 4 else day, bars(symbols, day=day)
+        )
     lake.write_partition("bars_1d", DAY, bars(1, 1))
     assert lake.dates("minute_bars") == ["2024-11-26", "2024-11-27", "2024-11-29"]
     assert lake.partitions("minute_bars")[0] == {"date": "2024-11-26"}
@@ -135,13 +146,18 @@ def test_two_level_partitions_and_key_columns(lake: Lake) -> None:
             "active": [True, True],
             "snapshot_date": pa.array([dt.date(2024, 11, 29)] * 2),
             "source": ["sim", "sim"],
-            **{name: pa.nulls(2, schemas.UNIVERSE.field(name).type)
-               for name in ("name", "type", "exchange", "currency", "market_cap", "list_date", "delist_date")},
+            **{
+                name: pa.nulls(2, schemas.UNIVERSE.field(name).type)
+                for name in ("name", "type", "exchange", "currency", "market_cap", "list_date", "delist_date")
+            },
         }
     )
     lake.write_partition("universe", {"date": DAY, "category": "etf"}, universe)
     assert lake.partitions("universe") == [{"category": "etf", "date": DAY}]
-    assert lake.read_partition("universe", {"category": "etf", "date": DAY})["symbol"].to_pylist() == ["QQQ", "SPY"]
+    assert lake.read_partition("universe", {"category": "etf", "date": DAY})["symbol"].to_pylist() == [
+        "QQQ",
+        "SPY",
+    ]
     # The file's `category` column must agree with the partition, or readers would silently rewrite it.
     with pytest.raises(InvalidInputError, match=r"category='etf'.*'us_equities'"):
         lake.write_partition("universe", {"category": "us_equities", "date": DAY}, universe)
@@ -155,6 +171,8 @@ def test_empty_table_writes_an_empty_partition(lake: Lake) -> None:
     assert lake.has_partition("minute_bars", DAY) and lake.count("minute_bars", DAY) == 0
     assert lake.query("SELECT count(*) AS n FROM minute_bars")["n"].to_pylist() == [0]
     assert lake.write_partition("minute_bars", "2024-11-27", iter([])) == 0
+    assert lake.write_partition("lake_test_any", DAY, iter([pa.table({"x": pa.array([], pa.int8())})])) == 0
+    assert lake.read_partition("lake_test_any", DAY).schema.types == [pa.int8()]
     with pytest.raises(InvalidInputError, match="pass schema="):
         lake.write_partition("lake_test_any", DAY, iter([]))
 
@@ -179,8 +197,10 @@ def test_rewrites_are_byte_identical_whatever_the_chunking_or_location(tmp_path:
 
     streamed = stored(table).to_batches(max_chunksize=457)
     other.write_partition("minute_bars", "2024-11-27", iter(streamed))
-    assert (Path(tmp_path / "b/minute_bars/date=2024-11-27/data.parquet").read_bytes()
-            == Path(tmp_path / "a/minute_bars/date=2024-11-29/data.parquet").read_bytes())
+    assert (
+        Path(tmp_path / "b/minute_bars/date=2024-11-27/data.parquet").read_bytes()
+        == Path(tmp_path / "a/minute_bars/date=2024-11-29/data.parquet").read_bytes()
+    )
 
 
 def test_equal_keys_keep_their_input_order(lake: Lake) -> None:
@@ -209,7 +229,9 @@ def test_equal_keys_keep_their_input_order(lake: Lake) -> None:
         ("lake_test_by_venue", {"venue": "", "date": DAY}, InvalidInputError, r"venue=''"),
     ],
 )
-def test_bad_dataset_or_partition_is_refused_before_any_write(lake: Lake, tmp_path: Path, dataset, partition, error, message) -> None:
+def test_bad_dataset_or_partition_is_refused_before_any_write(
+    lake: Lake, tmp_path: Path, dataset, partition, error, message
+) -> None:
     with pytest.raises(error, match=message):
         lake.write_partition(dataset, partition, bars())
     assert tree(tmp_path / "lake") == []
@@ -218,11 +240,17 @@ def test_bad_dataset_or_partition_is_refused_before_any_write(lake: Lake, tmp_pa
 def test_table_missing_columns_is_refused_and_the_old_partition_stays(lake: Lake, tmp_path: Path) -> None:
     lake.write_partition("minute_bars", DAY, bars(seed=1))
     digest, before = lake.file_digest("minute_bars", DAY), tree(tmp_path / "lake")
-    with pytest.raises(InvalidInputError, match=r"minute_bars partition date=2024-11-29: table lacks columns \['vwap'\]"):
+    with pytest.raises(
+        InvalidInputError, match=r"minute_bars partition date=2024-11-29: table lacks columns \['vwap'\]"
+    ):
         lake.write_partition("minute_bars", DAY, bars(seed=2).drop_columns(["vwap"]))
     with pytest.raises(InvalidInputError, match="'close' has 1 nulls"):
         broken = bars(seed=2)
-        lake.write_partition("minute_bars", DAY, broken.set_column(5, "close", pa.array([None] + [1.0] * (broken.num_rows - 1))))
+        lake.write_partition(
+            "minute_bars",
+            DAY,
+            broken.set_column(5, "close", pa.array([None] + [1.0] * (broken.num_rows - 1))),
+        )
     with pytest.raises(InvalidInputError, match="missing"):
         lake.read_partition("minute_bars", DAY, columns=["missing"])
     assert lake.file_digest("minute_bars", DAY) == digest and tree(tmp_path / "lake") == before
@@ -233,7 +261,10 @@ def test_failing_streams_write_nothing(lake: Lake, tmp_path: Path) -> None:
     digest, before = lake.file_digest("minute_bars", DAY), tree(tmp_path / "lake")
     ordered = stored(bars(symbols=30, seed=2)).to_batches(max_chunksize=100)
 
-    with pytest.raises(InvalidInputError, match=r"batch 1 starts at \('S0000'.*streamed batches must arrive in \(symbol, ts\) order"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"batch 1 starts at \('S0000'.*streamed batches must arrive in \(symbol, ts\) order",
+    ):
         lake.write_partition("minute_bars", DAY, iter([ordered[2], ordered[0]]))
 
     def dies_midway():
@@ -247,7 +278,9 @@ def test_failing_streams_write_nothing(lake: Lake, tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="batch 1 is a dict"):
         lake.write_partition("minute_bars", DAY, iter([ordered[0], {"symbol": "X"}]))
     with pytest.raises(InvalidInputError, match="lacks columns"):
-        lake.write_partition("minute_bars", DAY, iter([ordered[0], pa.Table.from_batches([ordered[1]]).drop_columns(["low"])]))
+        lake.write_partition(
+            "minute_bars", DAY, iter([ordered[0], pa.Table.from_batches([ordered[1]]).drop_columns(["low"])])
+        )
     assert lake.file_digest("minute_bars", DAY) == digest and tree(tmp_path / "lake") == before
 
 
@@ -260,7 +293,10 @@ def test_fixed_schema_refuses_another_and_registry_refuses_redefinition() -> Non
     with pytest.raises(InvalidInputError, match="not valid"):
         register_dataset("Bad-Name", None)
     assert DATASETS["minute_bars"] is schemas.BARS
-    assert partition_spec("lake_test_by_venue", {"date": dt.date(2024, 1, 2), "venue": "x"}) == {"venue": "x", "date": "2024-01-02"}
+    assert partition_spec("lake_test_by_venue", {"date": dt.date(2024, 1, 2), "venue": "x"}) == {
+        "venue": "x",
+        "date": "2024-01-02",
+    }
 
 
 @pytest.mark.parametrize(
@@ -314,12 +350,19 @@ def test_writer_killed_midway_leaves_the_old_partition_intact(lake: Lake, tmp_pa
     digest = lake.file_digest("minute_bars", DAY)
     partition_dir = tmp_path / "lake" / "minute_bars" / f"date={DAY}"
 
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "lake")], stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path / "lake")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline() == "writing\n"
         deadline = time.monotonic() + 60
-        while not any(p.name.startswith(".data.parquet.tmp-") and p.stat().st_size > 1_000_000 for p in partition_dir.iterdir()):
-            assert time.monotonic() < deadline and writer.poll() is None, "the writer never produced its temp file"
+        while not any(
+            p.name.startswith(".data.parquet.tmp-") and p.stat().st_size > 1_000_000
+            for p in partition_dir.iterdir()
+        ):
+            assert time.monotonic() < deadline and writer.poll() is None, (
+                "the writer never produced its temp file"
+            )
             time.sleep(0.05)
         writer.send_signal(signal.SIGKILL)
     finally:
@@ -343,22 +386,37 @@ def test_writer_killed_midway_leaves_the_old_partition_intact(lake: Lake, tmp_pa
 def test_duckdb_views_type_hive_keys_and_ignore_stray_files(lake: Lake, tmp_path: Path) -> None:
     lake.write_partition("minute_bars", DAY, bars(symbols=5, day=DAY))
     lake.write_partition("minute_bars", "2024-11-27", bars(symbols=7, day="2024-11-27"))
-    lake.write_partition("lake_test_by_venue", {"venue": "xnas", "date": DAY}, pa.table({"symbol": ["A", "B"], "x": [1, 2]}))
+    lake.write_partition(
+        "lake_test_by_venue", {"venue": "xnas", "date": DAY}, pa.table({"symbol": ["A", "B"], "x": [1, 2]})
+    )
     lake.stage("minute_bars", DAY, "extra", bars(symbols=99))  # staged pieces are not in the views
     (tmp_path / "lake" / "minute_bars" / f"date={DAY}" / ".data.parquet.tmp-dead").write_bytes(b"half a file")
     (tmp_path / "lake" / "minute_bars" / f"date={DAY}" / "notes.txt").write_text("not data")
 
     with lake.connect() as con:
-        views = {row[0] for row in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        views = {
+            row[0] for row in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+        }
         assert views == {"minute_bars", "lake_test_by_venue"}
         described = {name: kind for name, kind, *_ in con.sql("DESCRIBE minute_bars").fetchall()}
-        assert (described["date"], described["symbol"], described["ts"]) == ("DATE", "VARCHAR", "TIMESTAMPTZ_NS")
-    per_day = lake.query("SELECT date, count(DISTINCT symbol) AS symbols FROM minute_bars GROUP BY date ORDER BY date")
-    assert per_day.to_pylist() == [{"date": dt.date(2024, 11, 27), "symbols": 7}, {"date": dt.date(2024, 11, 29), "symbols": 5}]
+        assert (described["date"], described["symbol"], described["ts"]) == (
+            "DATE",
+            "VARCHAR",
+            "TIMESTAMPTZ_NS",
+        )
+    per_day = lake.query(
+        "SELECT date, count(DISTINCT symbol) AS symbols FROM minute_bars GROUP BY date ORDER BY date"
+    )
+    assert per_day.to_pylist() == [
+        {"date": dt.date(2024, 11, 27), "symbols": 7},
+        {"date": dt.date(2024, 11, 29), "symbols": 5},
+    ]
     assert lake.query("SELECT venue, date, sum(x) AS x FROM lake_test_by_venue GROUP BY ALL").to_pylist() == [
         {"venue": "xnas", "date": dt.date(2024, 11, 29), "x": 3}
     ]
-    picked = lake.query("SELECT count(*) AS n FROM minute_bars WHERE date = ?::DATE AND symbol = ?", [DAY, "S0001"])
+    picked = lake.query(
+        "SELECT count(*) AS n FROM minute_bars WHERE date = ?::DATE AND symbol = ?", [DAY, "S0001"]
+    )
     assert picked["n"].to_pylist() == [30]
 
 
@@ -373,8 +431,13 @@ def test_duckdb_sees_timestamps_in_utc(lake: Lake) -> None:
 
 def test_staging_is_atomic_resumable_and_committed_in_one_replace(lake: Lake, tmp_path: Path) -> None:
     day = bars(symbols=6)
-    pieces = {name: day.filter(pc.is_in(day["symbol"], pa.array(symbols))) for name, symbols in
-              (("part-2", ["S0004", "S0005"]), ("part-1", ["S0000", "S0001", "S0002", "S0003"]))}
+    pieces = {
+        name: day.filter(pc.is_in(day["symbol"], pa.array(symbols)))
+        for name, symbols in (
+            ("part-2", ["S0004", "S0005"]),
+            ("part-1", ["S0000", "S0001", "S0002", "S0003"]),
+        )
+    }
     for name, piece in pieces.items():
         assert lake.stage("minute_bars", DAY, name, piece) == piece.num_rows
     lake.stage("minute_bars", DAY, "part-2", pieces["part-2"])  # a rerun replaces, never duplicates
@@ -396,21 +459,36 @@ def test_staging_is_atomic_resumable_and_committed_in_one_replace(lake: Lake, tm
 # -- S3 (moto on loopback) --------------------------------------------------------------------
 
 
-def test_s3_lake_round_trip_views_and_bytes_equal_to_local(s3_lake: Lake, lake: Lake, s3_server, s3_bucket) -> None:
+def test_s3_lake_round_trip_views_and_bytes_equal_to_local(
+    s3_lake: Lake, lake: Lake, s3_server, s3_bucket
+) -> None:
     table = bars(symbols=30)
     assert s3_lake.write_partition("minute_bars", DAY, table) == table.num_rows
     s3_lake.write_partition("minute_bars", "2024-11-27", bars(symbols=2, day="2024-11-27"))
     lake.write_partition("minute_bars", DAY, table)
 
     keys = sorted(o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"])
-    assert keys == ["lake/minute_bars/date=2024-11-27/data.parquet", f"lake/minute_bars/date={DAY}/data.parquet"]
+    assert keys == [
+        "lake/minute_bars/date=2024-11-27/data.parquet",
+        f"lake/minute_bars/date={DAY}/data.parquet",
+    ]
     assert s3_lake.file_digest("minute_bars", DAY) == lake.file_digest("minute_bars", DAY)
     assert s3_lake.read_partition("minute_bars", DAY).equals(stored(table))
-    assert s3_lake.count("minute_bars") == table.num_rows + 2 * 30 and s3_lake.dates("minute_bars") == ["2024-11-27", DAY]
-    per_day = s3_lake.query("SELECT date, count(*) AS n FROM minute_bars WHERE symbol < 'S0002' GROUP BY date ORDER BY date")
-    assert per_day.to_pylist() == [{"date": dt.date(2024, 11, 27), "n": 60}, {"date": dt.date(2024, 11, 29), "n": 60}]
+    assert s3_lake.count("minute_bars") == table.num_rows + 2 * 30 and s3_lake.dates("minute_bars") == [
+        "2024-11-27",
+        DAY,
+    ]
+    per_day = s3_lake.query(
+        "SELECT date, count(*) AS n FROM minute_bars WHERE symbol < 'S0002' GROUP BY date ORDER BY date"
+    )
+    assert per_day.to_pylist() == [
+        {"date": dt.date(2024, 11, 27), "n": 60},
+        {"date": dt.date(2024, 11, 29), "n": 60},
+    ]
 
-    assert s3_lake.delete_partition("minute_bars", "2024-11-27") and not s3_lake.delete_partition("minute_bars", "2024-11-27")
+    assert s3_lake.delete_partition("minute_bars", "2024-11-27") and not s3_lake.delete_partition(
+        "minute_bars", "2024-11-27"
+    )
     assert s3_lake.dates("minute_bars") == [DAY] and s3_lake.datasets() == ["minute_bars"]
 
 
@@ -434,7 +512,15 @@ def test_s3_multipart_upload_staging_and_cleanup(s3_server, s3_bucket) -> None:
     s3_lake = s3_server.lake(f"s3://{s3_bucket}", s3_part_bytes=5 * 2**20)  # S3's smallest part
     rng = np.random.default_rng(0)
     n = 250_000  # random floats do not compress: ~8 MB, so two parts
-    noisy = pa.table({"symbol": ["X"] * n, "ts": pa.array(np.arange(n), schemas.TS), "a": rng.random(n), "b": rng.random(n), "c": rng.random(n)})
+    noisy = pa.table(
+        {
+            "symbol": ["X"] * n,
+            "ts": pa.array(np.arange(n), schemas.TS),
+            "a": rng.random(n),
+            "b": rng.random(n),
+            "c": rng.random(n),
+        }
+    )
     s3_lake.write_partition("lake_test_any", DAY, noisy)
     head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"lake_test_any/date={DAY}/data.parquet")
     assert head["ContentLength"] > 5 * 2**20 and head["ETag"].strip('"').endswith("-2")  # multipart ETag
@@ -445,7 +531,9 @@ def test_s3_multipart_upload_staging_and_cleanup(s3_server, s3_bucket) -> None:
     assert s3_lake.clear_staged("lake_test_any", DAY) == 1 and s3_lake.staged("lake_test_any", DAY) == []
 
     # What a killed multipart upload leaves: invisible to readers, removed by clean_temp.
-    s3_server.client().create_multipart_upload(Bucket=s3_bucket, Key=f"lake_test_any/date=2024-11-27/data.parquet")
+    s3_server.client().create_multipart_upload(
+        Bucket=s3_bucket, Key="lake_test_any/date=2024-11-27/data.parquet"
+    )
     assert s3_lake.dates("lake_test_any") == [DAY]
     # (moto reports every upload as initiated in 2010, so the age cut-off is only tested locally.)
     assert s3_lake.clean_temp(older_than=0) == 1
@@ -474,3 +562,12 @@ def test_s3_unreachable_bucket_is_a_lake_error(s3_server) -> None:
     missing = s3_server.lake("s3://no-such-bucket-here/lake")
     with pytest.raises(LakeError, match="no-such-bucket-here"):
         missing.write_partition("minute_bars", DAY, bars(symbols=1, minutes=1))
+
+
+def test_local_lake_from_settings_and_file_urls(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MARKET_LAKE_URL", raising=False)
+    monkeypatch.setenv("MARKET_PLATFORM_HOME", str(tmp_path / "home"))
+    home_lake = Lake.from_settings()
+    assert home_lake.url == str(tmp_path / "home" / "lake") and not home_lake.is_s3
+    home_lake.write_partition("bars_1d", DAY, bars(symbols=2, minutes=1))
+    assert Lake(f"file://{tmp_path}/home/lake").count("bars_1d") == 2

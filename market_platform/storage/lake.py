@@ -46,7 +46,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 from urllib.parse import urlsplit
 
 import duckdb
@@ -81,8 +81,8 @@ DATASETS: dict[str, pa.Schema | None] = {}
 #: Dataset name -> its partition keys, outermost first.
 PARTITION_KEYS: dict[str, tuple[str, ...]] = {}
 
-Partition = Union[str, dt.date, Mapping[str, Union[str, dt.date]]]
-Data = Union[pa.Table, pa.RecordBatch, Iterable[Union[pa.RecordBatch, pa.Table]]]
+Partition = str | dt.date | Mapping[str, str | dt.date]
+Data = pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch | pa.Table]
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _VALUE = re.compile(r"[A-Za-z0-9_.-]+\Z")
@@ -100,14 +100,22 @@ def register_dataset(name: str, schema: pa.Schema | None, *, keys: tuple[str, ..
     keys = tuple(keys)
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInputError(f"dataset name {name!r} is not valid: expected [a-z][a-z0-9_]*")
-    if not keys or len(set(keys)) != len(keys) or not all(isinstance(k, str) and _NAME.match(k) for k in keys):
-        raise InvalidInputError(f"partition keys {keys!r} of {name!r}: expected distinct names [a-z][a-z0-9_]*")
+    if (
+        not keys
+        or len(set(keys)) != len(keys)
+        or not all(isinstance(k, str) and _NAME.match(k) for k in keys)
+    ):
+        raise InvalidInputError(
+            f"partition keys {keys!r} of {name!r}: expected distinct names [a-z][a-z0-9_]*"
+        )
     if name in DATASETS:
         old = DATASETS[name]
         same_schema = old is schema or (old is not None and schema is not None and old.equals(schema))
         if same_schema and PARTITION_KEYS[name] == keys:
             return
-        raise InvalidInputError(f"dataset {name!r} is already registered with other schema or keys {PARTITION_KEYS[name]}")
+        raise InvalidInputError(
+            f"dataset {name!r} is already registered with other schema or keys {PARTITION_KEYS[name]}"
+        )
     DATASETS[name] = schema
     PARTITION_KEYS[name] = keys
 
@@ -148,7 +156,9 @@ def _key_value(dataset: str, key: str, value: object) -> str:
                 return value
             except ValueError:
                 pass
-        raise InvalidInputError(f"partition key date={value!r} of {dataset!r}: expected a real date as YYYY-MM-DD")
+        raise InvalidInputError(
+            f"partition key date={value!r} of {dataset!r}: expected a real date as YYYY-MM-DD"
+        )
     if isinstance(value, str) and _VALUE.match(value):
         return value
     raise InvalidInputError(
@@ -160,7 +170,9 @@ def _keys(dataset: str) -> tuple[str, ...]:
     try:
         return PARTITION_KEYS[dataset]
     except (KeyError, TypeError):
-        raise UnknownDatasetError(f"unknown lake dataset {dataset!r}: expected one of {sorted(DATASETS)}") from None
+        raise UnknownDatasetError(
+            f"unknown lake dataset {dataset!r}: expected one of {sorted(DATASETS)}"
+        ) from None
 
 
 def _partition_dir(dataset: str, spec: Mapping[str, str]) -> str:
@@ -238,7 +250,9 @@ class Lake:
         spec = partition_spec(dataset, partition)
         return self._write(f"{_partition_dir(dataset, spec)}/{DATA_FILE}", dataset, spec, data, schema)
 
-    def read_partition(self, dataset: str, partition: Partition, *, columns: list[str] | None = None) -> pa.Table:
+    def read_partition(
+        self, dataset: str, partition: Partition, *, columns: list[str] | None = None
+    ) -> pa.Table:
         """The partition's rows as stored (sorted, without Hive key columns); `columns` selects some."""
         spec = partition_spec(dataset, partition)
         return self._read(f"{_partition_dir(dataset, spec)}/{DATA_FILE}", _label(dataset, spec), columns)
@@ -271,14 +285,15 @@ class Lake:
         """Rows in one partition, or in the whole dataset, from the Parquet footers (no scan)."""
         if partition is None:
             rels = [rel for _, rel in self._partition_files(dataset)]
-        else:
-            spec = partition_spec(dataset, partition)
-            rels = [f"{_partition_dir(dataset, spec)}/{DATA_FILE}"]
-        total = 0
-        for rel in rels:
-            with self._errors(f"reading the footer of {rel}", missing=rel):
-                total += pq.read_metadata(self._store.path(rel), filesystem=self._store.fs).num_rows
-        return total
+            if not rels:
+                return 0
+            # The dataset reads the footers in parallel, which matters on S3 (one GET each).
+            with self._errors(f"counting {dataset}"):
+                return self._arrow_dataset(dataset, rels).count_rows()
+        spec = partition_spec(dataset, partition)
+        rel = f"{_partition_dir(dataset, spec)}/{DATA_FILE}"
+        with self._errors(f"reading the footer of {_label(dataset, spec)}", missing=rel):
+            return pq.read_metadata(self._store.path(rel), filesystem=self._store.fs).num_rows
 
     def file_digest(self, dataset: str, partition: Partition) -> str:
         """SHA-256 (hex) of the partition's file: equal digests mean byte-identical files."""
@@ -307,7 +322,9 @@ class Lake:
                 if not files:
                     continue
                 if isinstance(self._store, _LocalStore):
-                    con.execute(self._store.view_sql(name, PARTITION_KEYS[name], union=DATASETS[name] is None))
+                    con.execute(
+                        self._store.view_sql(name, PARTITION_KEYS[name], union=DATASETS[name] is None)
+                    )
                 else:
                     con.register(name, self._arrow_dataset(name, [rel for _, rel in files]))
         except BaseException:
@@ -322,7 +339,9 @@ class Lake:
             return relation.to_arrow_table() if relation is not None else pa.table({})
 
     def _arrow_dataset(self, name: str, rels: list[str]) -> pads.Dataset:
-        keys = pa.schema([(key, pa.date32() if key == "date" else pa.string()) for key in PARTITION_KEYS[name]])
+        keys = pa.schema(
+            [(key, pa.date32() if key == "date" else pa.string()) for key in PARTITION_KEYS[name]]
+        )
         with self._errors(f"opening dataset {name}"):
             return pads.dataset(
                 [self._store.path(rel) for rel in rels],
@@ -334,7 +353,9 @@ class Lake:
 
     # -- staging: resumable work, one file per named piece --------------------------------------
 
-    def stage(self, dataset: str, partition: Partition, name: str, data: Data, *, schema: pa.Schema | None = None) -> int:
+    def stage(
+        self, dataset: str, partition: Partition, name: str, data: Data, *, schema: pa.Schema | None = None
+    ) -> int:
         """Write (atomically, replacing) the piece `name` of a partition being built; returns its rows.
 
         Staged pieces are invisible to partitions and views until `commit_staged`.
@@ -354,11 +375,18 @@ class Lake:
         """One staged piece, or all of them concatenated in name order when `name` is None."""
         spec = partition_spec(dataset, partition)
         names = [name] if name is not None else self.staged(dataset, spec)
-        tables = [self._read(self._staged_rel(dataset, spec, n), f"staged piece {n!r} of {_label(dataset, spec)}", None) for n in names]
+        tables = [
+            self._read(
+                self._staged_rel(dataset, spec, n), f"staged piece {n!r} of {_label(dataset, spec)}", None
+            )
+            for n in names
+        ]
         if tables:
             return pa.concat_tables(tables)
         if DATASETS[dataset] is None:
-            raise InvalidInputError(f"nothing staged for {_label(dataset, spec)} and the dataset has no schema")
+            raise InvalidInputError(
+                f"nothing staged for {_label(dataset, spec)} and the dataset has no schema"
+            )
         return DATASETS[dataset].empty_table()
 
     def commit_staged(self, dataset: str, partition: Partition) -> int:
@@ -383,7 +411,9 @@ class Lake:
 
     def _staged_rel(self, dataset: str, spec: Mapping[str, str], name: str) -> str:
         if not isinstance(name, str) or not _VALUE.match(name) or name.startswith("."):
-            raise InvalidInputError(f"staged piece name {name!r}: expected letters, digits, '_', '.', '-', not starting with '.'")
+            raise InvalidInputError(
+                f"staged piece name {name!r}: expected letters, digits, '_', '.', '-', not starting with '.'"
+            )
         return f"{STAGING}/{_partition_dir(dataset, spec)}/{name}.parquet"
 
     # -- maintenance --------------------------------------------------------------------------
@@ -399,11 +429,15 @@ class Lake:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _write(self, rel: str, dataset: str, spec: dict[str, str], data: Data, schema: pa.Schema | None) -> int:
+    def _write(
+        self, rel: str, dataset: str, spec: dict[str, str], data: Data, schema: pa.Schema | None
+    ) -> int:
         label = _label(dataset, spec)
         fixed = DATASETS[dataset]
         if schema is not None and fixed is not None and not schema.equals(fixed):
-            raise InvalidInputError(f"{label}: the dataset has a fixed schema; schema= is only for datasets without one")
+            raise InvalidInputError(
+                f"{label}: the dataset has a fixed schema; schema= is only for datasets without one"
+            )
         schema = fixed if fixed is not None else schema
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
@@ -413,19 +447,22 @@ class Lake:
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
             pieces = _prepare_stream(data, schema, spec, label)
         else:
-            raise InvalidInputError(f"{label}: expected a pyarrow Table or an iterable of RecordBatches, got {type(data).__name__}")
+            raise InvalidInputError(
+                f"{label}: expected a pyarrow Table or an iterable of RecordBatches, got {type(data).__name__}"
+            )
         with self._errors(f"writing {label}"):
             with self._store.target(rel) as tmp:
                 return _write_parquet(tmp, pieces, schema, self.row_group_rows, label)
 
     def _read(self, rel: str, label: str, columns: list[str] | None) -> pa.Table:
         with self._errors(f"reading {label}", missing=rel):
-            parquet = pq.ParquetFile(self._store.fs.open_input_file(self._store.path(rel)))
-            if columns is not None:
-                unknown = [c for c in columns if c not in parquet.schema_arrow.names]
+            with self._store.fs.open_input_file(self._store.path(rel)) as file:
+                parquet = pq.ParquetFile(file)
+                names = parquet.schema_arrow.names
+                unknown = [c for c in columns or [] if c not in names]
                 if unknown:
-                    raise InvalidInputError(f"{label} has no columns {unknown}: expected some of {parquet.schema_arrow.names}")
-            return parquet.read(columns=columns)
+                    raise InvalidInputError(f"{label} has no columns {unknown}: expected some of {names}")
+                return parquet.read(columns=columns)
 
     def _partition_files(self, dataset: str) -> list[tuple[dict[str, str], str]]:
         """(spec, relative path) of every partition file of `dataset`, sorted by spec."""
@@ -481,19 +518,21 @@ def _prepare(table: pa.Table, schema: pa.Schema | None, spec: Mapping[str, str],
     return table
 
 
-def _prepare_stream(data: Iterable[Any], schema: pa.Schema | None, spec: Mapping[str, str], label: str) -> Iterator[pa.Table]:
+def _prepare_stream(
+    data: Iterable[Any], schema: pa.Schema | None, spec: Mapping[str, str], label: str
+) -> Iterator[pa.Table]:
     previous_end: tuple | None = None
     for index, item in enumerate(data):
         if isinstance(item, pa.RecordBatch):
             item = pa.Table.from_batches([item])
         elif not isinstance(item, pa.Table):
-            raise InvalidInputError(f"{label}: batch {index} is a {type(item).__name__}: expected a RecordBatch or Table")
+            raise InvalidInputError(
+                f"{label}: batch {index} is a {type(item).__name__}: expected a RecordBatch or Table"
+            )
         table = _prepare(item, schema, spec, label)
         # Later batches of a schemaless dataset must look like the first one.
         schema = table.schema
-        if table.num_rows == 0:
-            continue
-        if any(name in table.column_names for name in SORT_COLUMNS):
+        if table.num_rows and any(name in table.column_names for name in SORT_COLUMNS):
             start, end = _sort_key(table, 0), _sort_key(table, table.num_rows - 1)
             if previous_end is not None and start < previous_end:
                 raise InvalidInputError(
@@ -533,16 +572,21 @@ def _check_key_columns(table: pa.Table, spec: Mapping[str, str], label: str) -> 
         try:
             expected = pa.scalar(dt.date.fromisoformat(value) if key == "date" else value).cast(column.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise InvalidInputError(f"{label}: column {key!r} of type {column.type} cannot hold the key value {value!r}") from None
+            raise InvalidInputError(
+                f"{label}: column {key!r} of type {column.type} cannot hold the key value {value!r}"
+            ) from None
         matches = pc.fill_null(pc.equal(column, expected), False)
         if not pc.all(matches).as_py():
             other = column.filter(pc.invert(matches))
             raise InvalidInputError(
-                f"{label}: {len(other)} rows have {key}={other[0].as_py()!r} (first seen): expected the partition's {value!r}"
+                f"{label}: {len(other)} rows have {key}={other[0].as_py()!r} (first seen): "
+                f"expected the partition's {value!r}"
             )
 
 
-def _write_parquet(path: str, pieces: Iterator[pa.Table], schema: pa.Schema | None, group_rows: int, label: str) -> int:
+def _write_parquet(
+    path: str, pieces: Iterator[pa.Table], schema: pa.Schema | None, group_rows: int, label: str
+) -> int:
     """Write sorted `pieces` to `path` in row groups of exactly `group_rows` rows; returns the rows.
 
     Row groups are cut from the concatenated rows and each is made contiguous before writing, so
@@ -565,7 +609,9 @@ def _write_parquet(path: str, pieces: Iterator[pa.Table], schema: pa.Schema | No
                 pending_rows -= group_rows
         if writer is None:
             if schema is None:
-                raise InvalidInputError(f"{label}: no batches to write and no schema: pass schema= for an empty partition")
+                raise InvalidInputError(
+                    f"{label}: no batches to write and no schema: pass schema= for an empty partition"
+                )
             writer = _open_writer(path, schema)
         if pending_rows:
             writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=group_rows)
@@ -598,23 +644,38 @@ def _parse_local_url(text: str) -> Path:
     if "://" in text:
         parts = urlsplit(text)
         if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-            raise ConfigError(f"lake URL {_redact(text)!r} is not supported: expected a local path, file:///path or s3://bucket[/prefix]")
+            raise ConfigError(
+                f"lake URL {_redact(text)!r} is not supported: expected a local path, file:///path or s3://bucket[/prefix]"
+            )
         text = parts.path
     if not text:
         raise ConfigError("lake URL is empty: expected a local path or s3://bucket[/prefix]")
     root = Path(text).expanduser().resolve()
     if _GLOB_CHARS & set(str(root)) or "'" in str(root):
-        raise ConfigError(f"lake path {str(root)!r} contains one of * ? [ ] {{ }} ': DuckDB globs would misread it")
+        raise ConfigError(
+            f"lake path {str(root)!r} contains one of * ? [ ] {{ }} ': DuckDB globs would misread it"
+        )
     return root
 
 
 def _parse_s3_url(text: str) -> tuple[str, str]:
     parts = urlsplit(text)
-    if parts.username or parts.password or parts.port or parts.query or parts.fragment or not _BUCKET.match(parts.hostname or ""):
-        raise ConfigError(f"lake URL {_redact(text)!r} is not valid: expected s3://bucket[/prefix] (credentials go in the env)")
+    if (
+        parts.username
+        or parts.password
+        or parts.port
+        or parts.query
+        or parts.fragment
+        or not _BUCKET.match(parts.hostname or "")
+    ):
+        raise ConfigError(
+            f"lake URL {_redact(text)!r} is not valid: expected s3://bucket[/prefix] (credentials go in the env)"
+        )
     prefix = parts.path.strip("/")
     if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
-        raise ConfigError(f"lake URL {text!r} has an empty or relative path segment: expected s3://bucket[/prefix]")
+        raise ConfigError(
+            f"lake URL {text!r} has an empty or relative path segment: expected s3://bucket[/prefix]"
+        )
     return parts.hostname or "", prefix
 
 
@@ -648,7 +709,9 @@ class _LocalStore:
     def list_files(self, rel_dir: str, *, recursive: bool) -> list[str]:
         selector = pafs.FileSelector(self.path(rel_dir), recursive=recursive, allow_not_found=True)
         base = len(str(self.root)) + 1
-        return [info.path[base:] for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File]
+        return [
+            info.path[base:] for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File
+        ]
 
     @contextmanager
     def target(self, rel: str) -> Iterator[str]:
@@ -701,9 +764,16 @@ class _LocalStore:
 
     def clean_temp(self, cutoff: float) -> int:
         removed = 0
-        for info in self.fs.get_file_info(pafs.FileSelector(str(self.root), recursive=True, allow_not_found=True)):
+        for info in self.fs.get_file_info(
+            pafs.FileSelector(str(self.root), recursive=True, allow_not_found=True)
+        ):
             name = info.base_name
-            if info.type == pafs.FileType.File and name.startswith(".") and ".tmp-" in name and info.mtime.timestamp() < cutoff:
+            if (
+                info.type == pafs.FileType.File
+                and name.startswith(".")
+                and ".tmp-" in name
+                and info.mtime.timestamp() < cutoff
+            ):
                 Path(info.path).unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -713,8 +783,10 @@ class _LocalStore:
         # (checked in _parse_local_url); DuckDB takes no parameters in CREATE VIEW.
         pattern = "/".join([str(self.root), name, *(f"{key}=*" for key in keys), "*.parquet"])
         types = ", ".join(f"'{key}': {'DATE' if key == 'date' else 'VARCHAR'}" for key in keys)
-        options = f"hive_partitioning = true, hive_types = {{{types}}}" + (", union_by_name = true" if union else "")
-        return f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet(\'{pattern}\', {options})'
+        options = f"hive_partitioning = true, hive_types = {{{types}}}" + (
+            ", union_by_name = true" if union else ""
+        )
+        return f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{pattern}', {options})"
 
 
 class _S3Store:
@@ -741,23 +813,45 @@ class _S3Store:
         self.tmp_dir = tmp_dir
         token = None
         if key is None and secret is None:
-            key, secret = os.environ.get("AWS_ACCESS_KEY_ID") or None, os.environ.get("AWS_SECRET_ACCESS_KEY") or None
+            key, secret = (
+                os.environ.get("AWS_ACCESS_KEY_ID") or None,
+                os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            )
             token = os.environ.get("AWS_SESSION_TOKEN") or None
         if (key is None) != (secret is None):
-            raise ConfigError("S3 credentials are half set: give both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
+            raise ConfigError(
+                "S3 credentials are half set: give both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither"
+            )
         region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         scheme, host = "https", None
         if endpoint is not None:
             parts = urlsplit(endpoint)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password or parts.path.strip("/"):
-                raise ConfigError(f"{S3_ENDPOINT_VAR}={_redact(endpoint)!r} is not valid: expected http(s)://host[:port]")
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.username
+                or parts.password
+                or parts.path.strip("/")
+            ):
+                raise ConfigError(
+                    f"{S3_ENDPOINT_VAR}={_redact(endpoint)!r} is not valid: expected http(s)://host[:port]"
+                )
             scheme, host = parts.scheme, parts.netloc
         self.fs = pafs.S3FileSystem(
-            access_key=key, secret_key=secret, session_token=token, region=region, scheme=scheme, endpoint_override=host
+            access_key=key,
+            secret_key=secret,
+            session_token=token,
+            region=region,
+            scheme=scheme,
+            endpoint_override=host,
         )
         self.client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
-            aws_session_token=token, region_name=region,
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            aws_session_token=token,
+            region_name=region,
         )
         self.transfer = TransferConfig(multipart_threshold=part_bytes, multipart_chunksize=part_bytes)
 
@@ -773,7 +867,9 @@ class _S3Store:
     def list_files(self, rel_dir: str, *, recursive: bool) -> list[str]:
         selector = pafs.FileSelector(self.path(rel_dir), recursive=recursive, allow_not_found=True)
         base = len(self.path(""))  # "bucket/prefix/" or "bucket/"
-        return [info.path[base:] for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File]
+        return [
+            info.path[base:] for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File
+        ]
 
     @contextmanager
     def target(self, rel: str) -> Iterator[str]:
@@ -801,6 +897,8 @@ class _S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key("")):
             for upload in page.get("Uploads", []):
                 if upload["Initiated"].timestamp() < cutoff:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
                     removed += 1
         return removed
