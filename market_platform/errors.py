@@ -8,6 +8,7 @@
     ├── StorageError
     │   ├── DatabaseUnavailableError the tick store cannot be reached
     │   └── LakeError                a lake read or write failed
+    │       └── PartitionNotFoundError   the lake has no such partition
     └── VendorError                  a market data vendor refused or failed a request
         ├── VendorAuthError          401/403 from REST, 402/409 on a stream: fix the key or plan
         └── VendorUnavailableError   retries exhausted on 429/5xx or a network failure
@@ -46,6 +47,10 @@ class DatabaseUnavailableError(StorageError):
 
 class LakeError(StorageError):
     """A Parquet lake read or write failed."""
+
+
+class PartitionNotFoundError(LakeError):
+    """A lake partition that was asked for has not been written (or was deleted)."""
 
 
 class VendorError(MarketPlatformError):
