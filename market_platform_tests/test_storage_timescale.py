@@ -435,11 +435,27 @@ def test_a_store_serves_threads_and_reconnects(tick_store: TickStore) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    # The server closes the store's connection (a restart, a failover): the next call reconnects.
-    with tick_store.connect() as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        admin.commit()
+    # The server closes the store's connection (a restart, a failover): the call that finds
+    # out raises DatabaseUnavailableError (the streamer spools on it), the next one reconnects.
+    def kill_sessions() -> None:
+        with tick_store.connect() as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            admin.commit()
+
+    kill_sessions()
+    with pytest.raises(DatabaseUnavailableError, match="lost the tick store"):
+        tick_store.write_trades(synthetic.trades(10, seed=7))
+    assert tick_store.status()["tables"]["trades"]["rows"] == 2_000
+    kill_sessions()
     with pytest.raises(DatabaseUnavailableError, match="lost the tick store"):
         tick_store.status()
-    assert tick_store.status()["tables"]["trades"]["rows"] == 2_000
+    assert tick_store.write_trades(synthetic.trades(10, seed=7)) == 10
+
+
+def test_init_database_is_what_db_init_runs(tick_store: TickStore) -> None:
+    from market_platform.storage.timescale import init_database
+
+    done = init_database(tick_store.url, now=datetime(2024, 3, 1, 15, tzinfo=UTC))
+    assert done["applied"] == [] and len(done["maintain"]["created"]) == 12
+    assert done["status"]["tables"]["quotes"]["partitions"] == 4

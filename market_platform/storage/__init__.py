@@ -1,0 +1,4 @@
+"""Storage: the live tick store (`timescale`, PostgreSQL/TimescaleDB) and the Parquet lake (`lake`).
+
+No Dagster imports here: `defs/` wraps these in resources.
+"""

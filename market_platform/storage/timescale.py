@@ -973,3 +973,15 @@ class TickStore:
         if exact:
             rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
         return {"rows": int(rows), "rows_exact": exact, "bytes": int(size or 0), **parts}
+
+
+def init_database(url: str | None = None, *, retention: Retention | None = None,
+                  now: datetime | None = None) -> dict[str, Any]:
+    """What `market-platform db init` does: resolve the URL (starting the embedded server if
+    need be), apply pending migrations, run `maintain()`, and report.
+
+    Returns {"applied": [migration names], "maintain": maintain()'s dict, "status": status()}.
+    """
+    with TickStore.from_settings(url, retention=retention) as store:
+        applied = store.init_schema()
+        return {"applied": applied, "maintain": store.maintain(now=now), "status": store.status()}
