@@ -493,8 +493,8 @@ class TickStore:
         return "postgres"
 
     def variant(self) -> str:
-        """"timescale" or "postgres": the one the schema was created with, else what
-        `init_schema()` would pick now."""
+        """The schema variant, "timescale" or "postgres": the one the database was created
+        with, else the one `init_schema()` would pick now."""
         with self._session() as conn:
             return self._variant_of(conn)
 
