@@ -1,3 +1,6 @@
 """Shared fixtures. Each layer's fixtures live in market_platform_tests/fixtures/ as a pytest plugin."""
 
-pytest_plugins: list[str] = ["market_platform_tests.fixtures.lake"]
+pytest_plugins: list[str] = [
+    "market_platform_tests.fixtures.db",
+    "market_platform_tests.fixtures.lake",
+]

@@ -1,0 +1,5 @@
+-- bars_5m: bars_1m rolled up to 5 minutes (see 0006_bars_rollup.sql for buckets and columns).
+-- A plain view: always current, computed on read. For a time window call
+-- bars_rollup(INTERVAL '5 minutes', from_ts, to_ts) instead, which prunes bars_1m's partitions.
+CREATE VIEW bars_5m AS
+SELECT * FROM bars_rollup(INTERVAL '5 minutes');
