@@ -1,3 +1,5 @@
 """Shared fixtures. Each layer's fixtures live in market_platform_tests/fixtures/ as a pytest plugin."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "market_platform_tests.fixtures.sim",
+]

@@ -96,8 +96,8 @@ _SKELETON_ROWS = 256
 STOCK, CRYPTO_KIND = 0, 1
 
 # Calibration at activity 1.0: a full session at full scale ≈ 80M quotes, 700k bars, 7M trades.
-_TRADES_TOP, _TRADES_SLOPE = 650_000.0, 1.05
-_QUOTES_TOP, _QUOTES_SLOPE = 1_450_000.0, 0.6
+_TRADES_TOP, _TRADES_SLOPE = 580_000.0, 1.05
+_QUOTES_TOP, _QUOTES_SLOPE = 1_310_000.0, 0.6
 _BURST_SIGMA = 0.8
 #: Names that trade far more than their market cap suggests (index ETFs, retail favourites).
 _HEAVY_TRADERS = {"SPY": 20.0, "QQQ": 8.0, "IWM": 6.0, "TSLA": 6.0, "NVDA": 4.0, "AMD": 3.0, "TQQQ": 4.0,

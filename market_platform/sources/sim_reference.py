@@ -35,7 +35,7 @@ _OLD = date(1970, 1, 2)
 _GENERATED_FROM, _GENERATED_TO = date(2004, 1, 5), date(2026, 12, 31)
 _N_EQUITY_GENERATED = 4_000  # with the fixed names: ~4,000 CS/ADRC/ETF, ≥ 3,000 listed any day
 _ETF_SHARE = 0.17
-_N_OTC = 200
+_N_OTC = 300
 _UNIVERSE_KEY = text_key("market_platform.sim.universe", 1)
 
 # symbol, name, listing, type, reference cap in $B, reference price, listed, delisted
