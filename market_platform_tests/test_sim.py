@@ -1,5 +1,10 @@
+import hashlib
+import os
 import re
+import subprocess
+import sys
 from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,6 +44,27 @@ def test_same_inputs_give_identical_tables(sim):
     assert other.trades(SIM_DAY).equals(sim.trades(SIM_DAY))
     assert other.quotes(SIM_DAY, ["AAPL", "SPY"]).equals(sim.quotes(SIM_DAY, ["AAPL", "SPY"]))
     assert other.daily_bars(SATURDAY, ["BTC/USD"]).equals(sim.daily_bars(SATURDAY, ["BTC/USD"]))
+
+
+def _digest(table: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def test_another_process_generates_the_same_bytes(sim):
+    script = (
+        "import sys; from market_platform_tests.test_sim import _digest; "
+        "from market_platform_tests.fixtures.sim import small_sim, SIM_DAY; "
+        "sim = small_sim(); sys.stdout.write(_digest(sim.minute_bars(SIM_DAY, ['AAPL', 'BTC/USD'])) + ' ' "
+        "+ _digest(sim.quotes(SIM_DAY, ['TSLA'])))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # a different str-hash salt changes nothing
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True, cwd=repo)
+    here = f"{_digest(sim.minute_bars(SIM_DAY, ['AAPL', 'BTC/USD']))} {_digest(sim.quotes(SIM_DAY, ['TSLA']))}"
+    assert out.stdout == here
 
 
 def test_a_seed_changes_the_data(sim):
@@ -147,7 +173,11 @@ def test_no_data_outside_session_hours(sim, day):
         ts = table.column("ts")
         assert pc.min(ts).as_py() >= session.start
         assert pc.max(ts).as_py() < session.end
-    assert pc.min(sim.minute_bars(day).column("ts")).as_py() == session.start  # the busiest name trades at 04:00
+    # Each symbol's day opens with a quote in the session's first microsecond.
+    quotes = sim.quotes(day).to_pandas()
+    first = quotes.groupby("symbol")["ts"].min()
+    assert len(first) == 20 and (first >= session.start).all()
+    assert (first < pd.Timestamp(session.start) + pd.Timedelta(microseconds=1)).all()
 
 
 def test_half_day_closes_at_13_and_after_hours_end_at_17(sim):

@@ -259,10 +259,6 @@ class _Grid:
     spread: np.ndarray    # spread multiplier per minute (wider outside regular hours)
     extended: np.ndarray  # int64 1 in pre-market and after-hours minutes
 
-    @property
-    def end_ns(self) -> int:
-        return self.start_ns + self.minutes * _NS_PER_MINUTE
-
     def minute_range(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int]:
         """Minutes [lo, hi) overlapping [start_ns, end_ns)."""
         lo = 0 if start_ns is None else max(0, (start_ns - self.start_ns) // _NS_PER_MINUTE)
@@ -446,7 +442,6 @@ class _Trades(NamedTuple):
     cell: np.ndarray   # int64 cell of each trade
     j: np.ndarray      # rank within its cell
     offset: np.ndarray  # ns into the minute
-    level: np.ndarray  # int64 price in ticks
     price: np.ndarray
     size: np.ndarray
     u_venue: np.ndarray
@@ -479,7 +474,7 @@ def _trade_events(sk: _Skeleton, cr: np.ndarray, cm: np.ndarray) -> _Trades:
              (1.0 + np.floor(u_size * 400.0)) / 8.0],              # fractional shares, in eighths
             100.0 * (50.0 + np.floor(u_size * 500.0)),             # block
         )
-    return _Trades(cell, j, keys & ((1 << 36) - 1), level, price, size, u_venue, u_class)
+    return _Trades(cell, j, keys & ((1 << 36) - 1), price, size, u_venue, u_class)
 
 
 def _batches(counts: np.ndarray, budget: int) -> Iterator[slice]:
@@ -536,18 +531,23 @@ class SimMarket:
     """A deterministic simulated market.
 
     `n_stocks` stocks and ETFs (the first of one fixed ranking by market cap that are listed on
-    the day), `n_crypto` crypto pairs, `n_stocks // 20` OTC names, and every FX pair and index;
-    `activity` scales the rate of trades and quotes (1.0 is a realistic full market). Methods
-    take a `day` (a date or YYYY-MM-DD) and `symbols` (None: the day's stocks and ETFs at this
-    scale); tables are sorted by (symbol, ts), streams are in time order.
+    the day), `n_crypto` crypto pairs (likewise), one OTC name per 20 stocks, every FX pair and
+    index, and a few hundred option contracts. `activity` scales the rate of trades and quotes:
+    1.0 is a realistic full market; streaming memory grows with the busiest minute, so values
+    above 1 are for stress tests (at most 10).
+
+    Market-data methods take a `day` (a date or YYYY-MM-DD) and `symbols` (None: the day's
+    stocks and ETFs at this scale). Any symbol of the universe may be asked for, whatever the
+    scale; one not listed on the day has no rows. Tables are sorted by (symbol, ts) and streams
+    are in time order (ties by symbol).
     """
 
     def __init__(self, seed: int = 7, *, n_stocks: int = 3000, n_crypto: int = 20, activity: float = 1.0):
         for name, value in (("seed", seed), ("n_stocks", n_stocks), ("n_crypto", n_crypto)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise InvalidInputError(f"{name}={value!r}: expected a non-negative integer")
-        if not (isinstance(activity, (int, float)) and 0.0 < activity <= 100.0):
-            raise InvalidInputError(f"activity={activity!r}: expected a number in (0, 100]")
+        if isinstance(activity, bool) or not (isinstance(activity, (int, float)) and 0.0 < activity <= 10.0):
+            raise InvalidInputError(f"activity={activity!r}: expected a number in (0, 10]")
         self.seed, self.n_stocks, self.n_crypto, self.activity = int(seed), int(n_stocks), int(n_crypto), float(activity)
         self.n_otc = (self.n_stocks + 19) // 20
         self._ref = reference()
