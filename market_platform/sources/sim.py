@@ -96,8 +96,8 @@ _SKELETON_ROWS = 256
 STOCK, CRYPTO_KIND = 0, 1
 
 # Calibration at activity 1.0: a full session at full scale ≈ 80M quotes, 700k bars, 7M trades.
-_TRADES_TOP, _TRADES_SLOPE = 580_000.0, 1.05
-_QUOTES_TOP, _QUOTES_SLOPE = 1_310_000.0, 0.6
+_TRADES_TOP, _TRADES_SLOPE = 610_000.0, 1.05
+_QUOTES_TOP, _QUOTES_SLOPE = 1_330_000.0, 0.6
 _BURST_SIGMA = 0.8
 #: Names that trade far more than their market cap suggests (index ETFs, retail favourites).
 _HEAVY_TRADERS = {"SPY": 20.0, "QQQ": 8.0, "IWM": 6.0, "TSLA": 6.0, "NVDA": 4.0, "AMD": 3.0, "TQQQ": 4.0,
@@ -181,7 +181,7 @@ def _params(ref: Reference, seed: int) -> _Params:
         return np.where(is_crypto, crypto, np.where(group == OTC, otc, np.where(group == EQUITY, equity, 0.0)))
 
     heavy = np.array([_HEAVY_TRADERS.get(s, 1.0) for s in ref.symbol])
-    liquidity = np.exp(0.35 * z_liquidity - 0.06)
+    liquidity = np.exp(0.35 * np.clip(z_liquidity, -1.5, 1.5) - 0.06)
     trades = heavy * liquidity * by_group(_TRADES_TOP * (rank + 1.0) ** -_TRADES_SLOPE,
                                   400.0 * (rank + 1.0) ** -0.5, 60_000.0 * (rank + 1.0) ** -1.0)
     quotes = np.sqrt(heavy) * liquidity * by_group(_QUOTES_TOP * (rank + 1.0) ** -_QUOTES_SLOPE,
@@ -272,10 +272,10 @@ def _stock_shape(minutes: int, regular_open: int, regular_close: int) -> np.ndar
     to_close, since_close = regular_close - 1 - m, m - regular_close
     # Pre-market builds toward the open, with a bump at 08:30 (economic releases); the regular
     # session is U-shaped; after-hours fades from the close.
-    pre = 0.02 + 0.25 * np.exp(-to_open / 40.0) + 0.05 * np.exp(-np.abs(m - 270.0) / 8.0)
+    pre = 0.006 + 0.25 * np.exp(-to_open / 40.0) + 0.05 * np.exp(-np.abs(m - 270.0) / 8.0)
     regular = (1.0 + 3.0 * np.exp(-since_open / 10.0) + np.exp(-since_open / 60.0)
                + 2.5 * np.exp(-to_close / 6.0) + 0.8 * np.exp(-to_close / 45.0))
-    post = 0.02 + 0.6 * np.exp(-since_close / 8.0) + 0.1 * np.exp(-since_close / 60.0)
+    post = 0.008 + 0.6 * np.exp(-since_close / 8.0) + 0.1 * np.exp(-since_close / 60.0)
     return np.where(m < regular_open, pre, np.where(m < regular_close, regular, post))
 
 
@@ -468,11 +468,11 @@ def _trade_events(sk: _Skeleton, cr: np.ndarray, cm: np.ndarray) -> _Trades:
         size = np.maximum(np.round(notional / price, 8), 1e-8)
     else:
         size = np.select(
-            [u_class < 0.50, u_class < 0.95, u_class < 0.99],
+            [u_class < 0.50, u_class < 0.95, u_class < 0.999],
             [1.0 + np.floor(99.0 * u_size**2),                     # odd lot
-             100.0 * (1.0 + np.floor(-np.log(u_size) * 2.0)),     # round lots
+             100.0 * (1.0 + np.floor(-np.log(u_size))),           # round lots
              (1.0 + np.floor(u_size * 400.0)) / 8.0],              # fractional shares, in eighths
-            100.0 * (50.0 + np.floor(u_size * 500.0)),             # block
+            100.0 * (50.0 + np.floor(u_size * 250.0)),             # block
         )
     return _Trades(cell, j, keys & ((1 << 36) - 1), price, size, u_venue, u_class)
 

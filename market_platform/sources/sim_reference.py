@@ -376,9 +376,10 @@ def reference() -> Reference:
     )
 
 
-def _dates(u_when: np.ndarray, u_new: np.ndarray, new_share: np.ndarray | float) -> np.ndarray:
+def _dates(u_when: np.ndarray, u_new: np.ndarray, new_share: np.ndarray | float,
+           since: date = date(1975, 1, 2)) -> np.ndarray:
     """Listing ordinals: most before 2004 (so the early universe is full), the rest since."""
-    old_from, old_to = date(1975, 1, 2).toordinal(), _GENERATED_FROM.toordinal() - 1
+    old_from, old_to = since.toordinal(), _GENERATED_FROM.toordinal() - 1
     new_from, new_to = _GENERATED_FROM.toordinal(), _GENERATED_TO.toordinal()
     old = old_from + (u_when * (old_to - old_from)).astype(np.int64)
     new = new_from + (u_when * (new_to - new_from)).astype(np.int64)
@@ -403,7 +404,8 @@ def _generate_equities(add, taken: set[str]) -> None:
     cap = np.where(is_etf, 6e8 * np.exp(1.9 * u_cap), 1.5e9 * np.exp(1.8 * u_cap))
     cap = np.clip(cap, np.where(is_etf, 1e7, 5e7), np.where(is_etf, 1.5e11, 2.8e11))
     price = np.clip(np.exp(np.log(35.0) + 0.12 * np.log(cap / 1.5e9) + 0.9 * u_price), 2.5, 1500.0)
-    list_day = _dates(u_when, u_new, np.where(is_etf, 0.45, 0.2))
+    list_day = np.where(is_etf, _dates(u_when, u_new, 0.45, since=date(1993, 1, 29)),  # the first US ETF
+                        _dates(u_when, u_new, 0.2))
     delist_day = _delistings(list_day, u_del, u_del_when, 0.18)
     for i in range(n):
         u = u_names[i]
