@@ -99,6 +99,17 @@ def test_streaming_an_hour_gives_the_same_rows_as_the_whole_day(sim):
         sim.trades(SIM_DAY, start=start, end=end))
 
 
+def test_a_stream_of_hundreds_of_symbols_matches_each_symbol_alone():
+    wide = small_sim(n_stocks=600, activity=0.002)  # the day's skeleton is built in pieces
+    symbols = wide.stock_symbols(SIM_DAY)
+    quotes = _stream(wide.iter_quotes(SIM_DAY))
+    assert quotes.num_rows == wide.expected_quote_count(SIM_DAY)
+    trades = _stream(wide.iter_trades(SIM_DAY))
+    for symbol in (symbols[0], symbols[300], symbols[-1]):
+        assert wide.quotes(SIM_DAY, [symbol]).equals(_only(quotes, symbol))
+        assert wide.trades(SIM_DAY, [symbol]).equals(_only(trades, symbol))
+
+
 def test_iter_trades_yields_the_trades_in_time_order(sim):
     streamed = _stream(sim.iter_trades(SIM_DAY, batch_size=4096))
     ts = streamed.column("ts").to_numpy().astype(np.int64)
@@ -223,7 +234,8 @@ def test_a_stock_request_on_a_non_session_raises(sim):
 
 def test_crypto_trades_around_the_clock_on_utc_days(sim):
     bars = sim.minute_bars(SATURDAY, ["BTC/USD"]).to_pandas()
-    assert bars["ts"].min() >= pd.Timestamp("2024-11-30T00:00Z") and bars["ts"].max() < pd.Timestamp("2024-12-01T00:00Z")
+    assert bars["ts"].min() >= pd.Timestamp("2024-11-30T00:00Z")
+    assert bars["ts"].max() < pd.Timestamp("2024-12-01T00:00Z")
     assert bars["ts"].dt.hour.nunique() == 24
     trades = sim.trades(SATURDAY, ["BTC/USD"]).to_pandas()
     assert (trades["exchange"] == "").all() and trades["conditions"].isna().all() and trades["tape"].isna().all()

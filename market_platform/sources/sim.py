@@ -67,7 +67,6 @@ from market_platform.sources.sim_reference import (
     CRYPTO_GROUP,
     EQUITY,
     MICS,
-    NEVER,
     OPTION_ROOTS,
     OTC,
     OTCM,
@@ -359,6 +358,10 @@ class _Skeleton:
                 np.where(first, self.spread_open[cr], self.spread[cr, prev]))
 
 
+#: The skeleton's fields that hold one entry (or one row of minutes) per row.
+_ROW_FIELDS = tuple(f for f in _Skeleton.__dataclass_fields__ if f not in ("grid", "symbols", "keys", "day_number"))
+
+
 def _spread_ticks(base: np.ndarray, z: np.ndarray) -> np.ndarray:
     """Spread in ticks: the typical spread with log-normal noise, at least one tick, now and then one wider."""
     return np.maximum(1, np.rint(base * np.exp(0.35 * z))).astype(np.int64) + (z > 1.5)
@@ -548,7 +551,8 @@ class SimMarket:
                 raise InvalidInputError(f"{name}={value!r}: expected a non-negative integer")
         if isinstance(activity, bool) or not (isinstance(activity, (int, float)) and 0.0 < activity <= 10.0):
             raise InvalidInputError(f"activity={activity!r}: expected a number in (0, 10]")
-        self.seed, self.n_stocks, self.n_crypto, self.activity = int(seed), int(n_stocks), int(n_crypto), float(activity)
+        self.seed, self.n_stocks, self.n_crypto = int(seed), int(n_stocks), int(n_crypto)
+        self.activity = float(activity)
         self.n_otc = (self.n_stocks + 19) // 20
         self._ref = reference()
         self._params = _params(self._ref, self.seed)
@@ -639,7 +643,8 @@ class SimMarket:
             "market_cap": pa.array(np.round(cap, 0), mask=np.isnan(cap)),
             "active": is_active,
             "list_date": [date.fromordinal(int(ref.list_day[i])) for i in rows],
-            "delist_date": [None if a else date.fromordinal(int(ref.delist_day[i])) for i, a in zip(rows, is_active)],
+            "delist_date": [None if active else date.fromordinal(int(ref.delist_day[i]))
+                            for i, active in zip(rows, is_active, strict=True)],
             "snapshot_date": [day] * len(rows),
             "source": [Source.SIM.value] * len(rows),
         })
@@ -745,24 +750,19 @@ class SimMarket:
         """The skeleton of `rows`, built a few hundred rows at a time into preallocated arrays."""
         if len(rows) <= _SKELETON_ROWS:
             return self._skeleton_part(grid, rows)
-        merged: dict = {}
+        arrays: dict[str, np.ndarray] = {}
+        keys: dict[int, np.ndarray] = {}
+        symbols = []
         for start in range(0, len(rows), _SKELETON_ROWS):
             part = self._skeleton_part(grid, rows[start:start + _SKELETON_ROWS])
-            stop = start + len(part.rows)
-            for field in _Skeleton.__dataclass_fields__:
+            span = slice(start, start + len(part.rows))
+            for field in _ROW_FIELDS:
                 value = getattr(part, field)
-                if field in ("grid", "day_number"):
-                    merged[field] = value
-                elif field == "symbols":
-                    merged.setdefault(field, []).append(value)
-                elif field == "keys":
-                    for purpose, keys in value.items():
-                        merged.setdefault(field, {}).setdefault(purpose, np.empty(len(rows), keys.dtype))[start:stop] = keys
-                else:
-                    if field not in merged:
-                        merged[field] = np.empty((len(rows),) + value.shape[1:], value.dtype)
-                    merged[field][start:stop] = value
-        merged["symbols"] = pa.concat_arrays(merged["symbols"])
+                arrays.setdefault(field, np.empty((len(rows),) + value.shape[1:], value.dtype))[span] = value
+            for purpose, value in part.keys.items():
+                keys.setdefault(purpose, np.empty(len(rows), value.dtype))[span] = value
+            symbols.append(part.symbols)
+        merged = dict(arrays, grid=grid, keys=keys, symbols=pa.concat_arrays(symbols), day_number=part.day_number)
         return _Skeleton(**merged)
 
     def _skeleton_part(self, grid: _Grid, rows: np.ndarray) -> _Skeleton:
@@ -1090,7 +1090,8 @@ def _quote_table(sk: _Skeleton, cr: np.ndarray, cm: np.ndarray, start_ns: int | 
     row, minute = cr[cell], cm[cell]
     ts = sk.grid.start_ns + minute * _NS_PER_MINUTE + (keys & ((1 << 36) - 1))
     select = _selection(_in_bounds(ts, start_ns, end_ns), np.argsort(ts, kind="stable"))
-    row, minute, ts, bid, spread, counters = row[select], minute[select], ts[select], bid[select], spread[select], counters[select]
+    row, minute, ts = row[select], minute[select], ts[select]
+    bid, spread, counters = bid[select], spread[select], counters[select]
     scale = sk.scale[row]
     bid_price, ask_price = bid / scale, (bid + spread) / scale
     size_bits = rnd.bits(sk.keys[_P_Q_SIZE][row], counters)

@@ -3,7 +3,8 @@
 One fixed master list, the same for every seed and scale: a few dozen well-known names per
 group at the top (with their real exchanges and listing dates, and a handful of famous
 delistings), then deterministically generated companies, ETFs and OTC names with plausible
-tickers, names, log-normal market caps and listing/delisting dates between 2004 and 2026. Crypto
+tickers, names and log-normal market caps; most listed before 2004 and about a fifth listed
+since, and some delisted between 2004 and 2026, so snapshots differ from day to day. Crypto
 pairs, currency pairs and indices are short fixed lists. Options chains are built per day in
 `sim.py`, since their strikes follow the simulated underlying price.
 
@@ -31,9 +32,8 @@ TAPES = ("A", "C", "B", "B", "B", None, None)
 EQUITY, OTC, CRYPTO_GROUP, REFERENCE_ONLY = range(4)
 
 NEVER = date(9999, 12, 31).toordinal()
-_OLD = date(1970, 1, 2)
 _GENERATED_FROM, _GENERATED_TO = date(2004, 1, 5), date(2026, 12, 31)
-_N_EQUITY_GENERATED = 4_000  # with the fixed names: ~4,000 CS/ADRC/ETF, ≥ 3,000 listed any day
+_N_EQUITY_GENERATED = 4_000  # with the fixed names ≥ 3,000 CS/ADRC/ETF are listed on any day
 _ETF_SHARE = 0.17
 _N_OTC = 300
 _UNIVERSE_KEY = text_key("market_platform.sim.universe", 1)
@@ -307,7 +307,7 @@ def _ticker_candidates(word: str, length: int, u: float) -> list[str]:
         out.append(consonants[:length - 1] + consonants[min(len(consonants) - 1, length - 1 + shift)])
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     seed = int(u * 2**40)
-    for k in range(40):
+    for _ in range(40):
         seed = (seed * 6364136223846793005 + 1442695040888963407) % 2**64
         tail = "".join(alphabet[(seed >> (8 * p)) % 26] for p in range(length - 1))
         out.append(letters[0] + tail)
