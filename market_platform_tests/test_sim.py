@@ -1,5 +1,6 @@
 import hashlib
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -65,6 +66,12 @@ def test_another_process_generates_the_same_bytes(sim):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True, cwd=repo)
     here = f"{_digest(sim.minute_bars(SIM_DAY, ['AAPL', 'BTC/USD']))} {_digest(sim.quotes(SIM_DAY, ['TSLA']))}"
     assert out.stdout == here
+
+
+def test_a_pickled_market_is_the_same_market(sim):
+    copy = pickle.loads(pickle.dumps(sim))
+    assert repr(copy) == repr(sim) and len(pickle.dumps(sim)) < 200
+    assert copy.minute_bars(SIM_DAY, ["NVDA"]).equals(sim.minute_bars(SIM_DAY, ["NVDA"]))
 
 
 def test_a_seed_changes_the_data(sim):

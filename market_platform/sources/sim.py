@@ -562,6 +562,10 @@ class SimMarket:
                          for g in (EQUITY, OTC, CRYPTO_GROUP, REFERENCE_ONLY)}
         self._limits = {EQUITY: self.n_stocks, OTC: self.n_otc, CRYPTO_GROUP: self.n_crypto, REFERENCE_ONLY: None}
 
+    def __reduce__(self):
+        # Pickle the four settings, not the arrays derived from them (workers rebuild in ~0.1 s).
+        return _rebuild, (self.seed, self.n_stocks, self.n_crypto, self.activity)
+
     def __repr__(self) -> str:
         return (f"SimMarket(seed={self.seed}, n_stocks={self.n_stocks}, n_crypto={self.n_crypto}, "
                 f"activity={self.activity})")
@@ -971,6 +975,10 @@ class SimMarket:
             table = _quote_table(sk, cr, cm, start_ns, end_ns) if quotes else \
                 _trade_table(sk, cr, cm, start_ns, end_ns, time_order=True)
             yield from table.to_batches(max_chunksize=batch_size)
+
+
+def _rebuild(seed: int, n_stocks: int, n_crypto: int, activity: float) -> SimMarket:
+    return SimMarket(seed, n_stocks=n_stocks, n_crypto=n_crypto, activity=activity)
 
 
 # --------------------------------------------------------------------------- grids and checks
