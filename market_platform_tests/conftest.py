@@ -3,4 +3,5 @@
 pytest_plugins: list[str] = [
     "market_platform_tests.fixtures.db",
     "market_platform_tests.fixtures.lake",
+    "market_platform_tests.fixtures.sim",
 ]

@@ -1,1 +1,1 @@
-"""Vendor adapters behind small interfaces; no Dagster imports."""
+"""Market data sources: one adapter per vendor, plus the deterministic simulated market (`sim`)."""
