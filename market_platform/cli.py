@@ -44,18 +44,12 @@ def _store():
     return TickStore.from_settings()
 
 
-def dagster_env(store_url: str) -> dict[str, str]:
-    """Environment for Dagster processes: DAGSTER_HOME under the platform's home, with the
-    project's dagster.yaml, storing runs and events in the tick store's PostgreSQL server."""
-    from market_platform.storage.timescale import dagster_storage_url
-
+def dagster_env() -> dict[str, str]:
+    """Environment for Dagster processes: DAGSTER_HOME under the platform's home, holding the
+    project's dagster.yaml (runs and events in the tick store's PostgreSQL server)."""
     home = settings.dagster_home()
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    return {
-        "DAGSTER_HOME": str(home),
-        "MARKET_DAGSTER_PG_URL": dagster_storage_url(store_url),
-        settings.HOME_VAR: str(settings.home()),
-    }
+    return {"DAGSTER_HOME": str(home), settings.HOME_VAR: str(settings.home())}
 
 
 @click.group()
@@ -110,7 +104,7 @@ def demo(sessions: int, stocks: int) -> None:
     store.maintain()
     click.echo(f"tick store  {store.redacted_url} ({store.variant()}, {len(applied)} migrations applied)")
 
-    os.environ.update(dagster_env(store.url))
+    os.environ.update(dagster_env())
     os.environ["MARKET_SIM_STOCKS"] = str(stocks)
     import dagster as dg
 
@@ -152,7 +146,7 @@ def ui(port: int, host: str) -> None:
     """Start the Dagster UI (dagster dev) on the platform's database and lake."""
     store = _store()
     store.init_schema()
-    env = {**os.environ, **dagster_env(store.url)}
+    env = {**os.environ, **dagster_env()}
     dagster = Path(sys.executable).with_name("dagster")
     click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
     os.execve(

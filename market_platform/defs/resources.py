@@ -39,6 +39,8 @@ class TickStoreResource(dg.ConfigurableResource):
                 bars_days=self.bars_retention_days,
             )
             self._store = TickStore.from_settings(self.url, retention=retention)
+            # Idempotent and cheap once applied: a fresh database works on first use.
+            self._store.init_schema()
         return self._store
 
 

@@ -27,7 +27,7 @@ TIMEFRAMES: dict[str, tuple[str, str]] = {
 # Open and close by time, not by file order; VWAP is volume-weighted over the minutes' VWAPs.
 _ROLLUP_SQL = """
 SELECT symbol,
-       time_bucket(CAST($width AS INTERVAL), ts, 'America/New_York') AS ts,
+       time_bucket(CAST($width AS INTERVAL), CAST(ts AS TIMESTAMPTZ), 'America/New_York') AS ts,
        arg_min(open, ts)  AS open,
        max(high)          AS high,
        min(low)           AS low,

@@ -1,6 +1,5 @@
 """Bars in the lake: 1-minute bars per session from the source, and their rollups by DuckDB."""
 
-from __future__ import annotations
 
 from datetime import date
 

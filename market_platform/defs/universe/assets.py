@@ -1,6 +1,5 @@
 """The ticker universe: which symbols were listed on each trading day."""
 
-from __future__ import annotations
 
 from datetime import date
 

@@ -1,0 +1,31 @@
+"""Dagster's own storage (runs, events, schedules) on the tick store's PostgreSQL server.
+
+`dagster.yaml` names `PlatformStorage` as custom storage, so the URL is resolved when an instance
+loads, the same way the platform resolves its own: MARKET_DB_URL, or the embedded server under
+MARKET_PLATFORM_HOME (started if needed). No URL, and so no password, is ever written into the
+instance's config, which Dagster serializes into run workers' command lines.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._serdes import ConfigurableClassData
+from dagster_postgres import DagsterPostgresStorage
+
+from market_platform.storage.timescale import dagster_storage_url
+
+
+class PlatformStorage(DagsterPostgresStorage):
+    """dagster-postgres storage whose URL comes from the platform's settings."""
+
+    @classmethod
+    def config_type(cls):
+        return {"should_autocreate_tables": dg.Field(bool, is_required=False, default_value=True)}
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> "PlatformStorage":
+        return cls(
+            postgres_url=dagster_storage_url(),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            inst_data=inst_data,
+        )
