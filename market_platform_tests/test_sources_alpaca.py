@@ -72,7 +72,7 @@ def test_429_and_5xx_are_retried_by_the_gate_not_by_alpaca_py(replay, sim):
 def test_rate_limit_storm(replay, sim):
     replay.set_rate_limit(4, 1.0)
     replay.alpaca.page_cap = 400
-    source = replay.alpaca_source(rate_limit=6, rate_period=1.0, rate_margin=0.1,
+    source = replay.alpaca_source(rate_limit=6, rate_period=1.0, rate_margin=0.3,
                                   retry=RetryPolicy(attempts=20, backoff=0.05, max_backoff=0.3))
     bars = source.minute_bars(SIM_DAY, ["AAPL", "MSFT", "SPY"], check_unknown=False)
     assert bars.num_rows == sim.minute_bars(SIM_DAY, ["AAPL", "MSFT", "SPY"]).num_rows

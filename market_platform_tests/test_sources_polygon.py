@@ -73,7 +73,7 @@ def test_crypto_pairs_use_utc_days(replay, sim):
 
 def test_429_storm_completes_without_exceeding_the_configured_rate(replay, sim):
     replay.set_rate_limit(6, 1.0)  # the vendor allows less than the client is configured for
-    source = replay.polygon_source(rate_limit=10, rate_period=1.0, rate_margin=0.1, workers=6,
+    source = replay.polygon_source(rate_limit=10, rate_period=1.0, rate_margin=0.3, workers=4,
                                    retry=RetryPolicy(attempts=20, backoff=0.05, max_backoff=0.3))
     symbols = sim.stock_symbols(SIM_DAY)
     bars = source.minute_bars(SIM_DAY, symbols)
@@ -86,7 +86,7 @@ def test_429_storm_completes_without_exceeding_the_configured_rate(replay, sim):
 
 def test_the_limiter_alone_keeps_a_plan_rate(replay, sim):
     replay.set_rate_limit(8, 1.0)
-    source = replay.polygon_source(rate_limit=8, rate_period=1.0, rate_margin=0.1, workers=8, retry=FAST_RETRY)
+    source = replay.polygon_source(rate_limit=8, rate_period=1.0, rate_margin=0.3, workers=4, retry=FAST_RETRY)
     source.minute_bars(SIM_DAY, sim.stock_symbols(SIM_DAY)[:17])
     assert replay.polygon.log.count("/v2/aggs", statuses={429}) == 0
     assert replay.polygon.log.max_in_window(1.0, "/v2/aggs") <= 8

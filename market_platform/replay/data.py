@@ -193,15 +193,18 @@ class ReplayData:
                 keep = pc.invert(pc.is_in(_keys(previous), value_set=_keys(rows)))
                 rows = pa.concat_tables([previous.filter(keep), rows])
             self._corrections[day] = rows.sort_by([("symbol", "ascending"), ("ts", "ascending")])
-            for key in [k for k in self._bars if k[1] == day]:
-                self._cached_rows -= max(self._bars.pop(key).num_rows, 1)
+            self._forget(day)
 
     def clear_corrections(self, day: date) -> None:
         """Serve `day` as the provider has it again (flat files keep what was last published)."""
         with self._lock:
             self._corrections.pop(day, None)
-            for key in [k for k in self._bars if k[1] == day]:
-                self._cached_rows -= max(self._bars.pop(key).num_rows, 1)
+            self._forget(day)
+
+    def _forget(self, day: date) -> None:
+        """Drop `day` from the cache (the lock is held)."""
+        for key in [k for k in self._bars if k[1] == day]:
+            self._cached_rows -= max(self._bars.pop(key).num_rows, 1)
 
     def _corrected(self, table: pa.Table, symbols: Sequence[str], day: date) -> pa.Table:
         with self._lock:

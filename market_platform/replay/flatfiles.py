@@ -20,6 +20,7 @@ moto keeps its buckets in process-wide state: two replays in one process need tw
 
 from __future__ import annotations
 
+import gzip
 import logging
 import time
 import uuid
@@ -35,10 +36,11 @@ import pyarrow.csv as pa_csv
 from market_platform import calendar
 from market_platform.errors import ConfigError, InvalidInputError
 from market_platform.replay.data import ReplayData, aggregate, zone
-from market_platform.replay.http import Faults, LoggedRequest, RequestLog
+from market_platform.replay.http import Faults, LoggedRequest, RequestLog, Service
 from market_platform.schemas import BARS
 from market_platform.sources import symbols as sym
 from market_platform.sources.flatfiles import flatfile_key
+from market_platform.sources.vendor import run_concurrently
 
 HEADER = b"ticker,volume,open,close,high,low,window_start,transactions\n"
 def flatfile_bytes(bars: pa.Table, *, crypto: bool) -> bytes:
@@ -54,10 +56,10 @@ def flatfile_bytes(bars: pa.Table, *, crypto: bool) -> bytes:
         "transactions": pc.fill_null(bars.column("trade_count"), 0),
     }).sort_by([("ticker", "ascending"), ("window_start", "ascending")])
     sink = pa.BufferOutputStream()
-    with pa.CompressedOutputStream(sink, "gzip") as out:
-        out.write(HEADER)
-        pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
-    return sink.getvalue().to_pybytes()
+    sink.write(HEADER)
+    pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+    # gzip's usual level 6: Arrow's gzip stream compresses at level 9, four times slower for 5% less.
+    return gzip.compress(sink.getvalue().to_pybytes(), compresslevel=6)
 
 
 def _s3_error(code: str, message: str) -> bytes:
@@ -119,7 +121,7 @@ def _access_key(environ: dict[str, Any]) -> str | None:
     return credential[0].split("/", 1)[0] if credential else None
 
 
-class FlatFilesReplay:
+class FlatFilesReplay(Service):
     """Polygon Flat Files on a moto S3 server at 127.0.0.1, filled from `data`.
 
     `keys` maps access key ids to secrets (moto does not check secrets, so neither does this)."""
@@ -190,13 +192,6 @@ class FlatFilesReplay:
         self._server.stop()
         self._server = self._client = None
 
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     @property
     def endpoint(self) -> str:
         if self._server is None:
@@ -227,12 +222,14 @@ class FlatFilesReplay:
                 written.append(key)
         return written
 
-    def populate(self, start: date, end: date) -> int:
-        """Publish every day in [start, end]; returns the number of files written."""
+    def populate(self, start: date, end: date, *, workers: int = 2) -> int:
+        """Publish every day in [start, end] (`workers` days at once: the simulator's numpy and
+        gzip release the GIL); returns the number of files written."""
         start, end = calendar.to_date(start), calendar.to_date(end)
         if start > end:
             raise InvalidInputError(f"start {start.isoformat()} is after end {end.isoformat()}")
-        return sum(len(self.publish(start + timedelta(days=i))) for i in range((end - start).days + 1))
+        days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+        return sum(len(keys) for keys in run_concurrently(days, self.publish, workers=workers))
 
     def republish(self, day: date, *, market: str = "stocks", symbols: Iterable[str] | None = None,
                   volume_delta: float = 100.0) -> pa.Table:

@@ -225,7 +225,24 @@ class KeyRateLimit:
 Route = Callable[..., Reply]
 
 
-class ReplayHTTPServer:
+class Service:
+    """Something with start() and stop() that is also a context manager."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class ReplayHTTPServer(Service):
     """A vendor's REST API on loopback. Subclasses set `vendor`, add routes with `route()` and
     implement `authenticate` and the vendor's error bodies."""
 
@@ -267,13 +284,6 @@ class ReplayHTTPServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

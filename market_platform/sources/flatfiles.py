@@ -1,5 +1,7 @@
 """Polygon (Massive) Flat Files: one gzip CSV per day for the whole market, read from S3 with boto3
-and parsed into Arrow as it streams (memory holds one block, not the file).
+and parsed into Arrow as it streams: memory holds a few blocks, not the file (measured: a day of
+3,000 tickers, 700k rows, or eight times that, reads in under 45 MB of Arrow memory with 1 MB
+blocks; larger blocks let Arrow's CSV reader run further ahead and grow with the file).
 
     source = FlatFilesSource.from_env()      # POLYGON_S3_ACCESS_KEY, POLYGON_S3_SECRET_KEY, ...
     if source.exists(day):
@@ -87,7 +89,7 @@ class FlatFilesSource:
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
         attempts: int = 5,
-        block_size: int = 4 << 20,
+        block_size: int = 1 << 20,
     ) -> None:
         if not access_key or not secret_key:
             raise ConfigError(f"no Flat Files keys: set {settings.POLYGON_S3_ACCESS_KEY_VAR} and "
@@ -189,7 +191,7 @@ class FlatFilesSource:
             with self._errors(key), pa.CompressedInputStream(pa.PythonFile(body, mode="r"), "gzip") as stream:
                 reader = pa_csv.open_csv(
                     stream,
-                    read_options=pa_csv.ReadOptions(block_size=self.block_size),
+                    read_options=pa_csv.ReadOptions(block_size=self.block_size, use_threads=False),
                     convert_options=pa_csv.ConvertOptions(column_types=_TYPES, include_columns=list(COLUMNS)),
                 )
                 for batch in reader:
