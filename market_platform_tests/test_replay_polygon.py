@@ -94,6 +94,10 @@ def test_day_aggs_over_a_week_are_stamped_at_new_york_midnight(replay, sim):
     assert [a.volume for a in aggs] == pytest.approx([sim.minute_bars(d, ["AAPL"])["volume"].to_numpy().sum()
                                                       for d in days], rel=1e-12)
     assert replay.polygon.log.count("/v2/aggs") == 2  # limit=2 daily aggregates per page
+    pairs = list(client(replay).list_aggs("AAPL", 2, "day", "2024-11-25", "2024-11-29"))
+    assert [datetime.fromtimestamp(a.timestamp / 1000, NY).day for a in pairs] == [25, 27, 29]
+    assert [a.volume for a in pairs] == pytest.approx([aggs[0].volume + aggs[1].volume, aggs[2].volume,
+                                                       aggs[3].volume], rel=1e-12)
 
 
 def test_crypto_aggs_cover_the_utc_day(replay, sim):

@@ -30,7 +30,6 @@ from market_platform.errors import InvalidInputError
 from market_platform.replay.data import ReplayData, aggregate, days_between, zone
 from market_platform.replay.http import HttpError, ReplayHTTPServer, Reply, Request
 from market_platform.schemas import BARS, TS
-from market_platform.sources import symbols as sym
 
 UTC = timezone.utc
 _TIMEFRAME = re.compile(r"^(\d+)(Min|T|Hour|H|Day|D)$")

@@ -41,7 +41,7 @@ from market_platform.replay.data import (
     zone,
 )
 from market_platform.replay.http import HttpError, ReplayHTTPServer, Reply, Request, key_label
-from market_platform.schemas import TS
+from market_platform.schemas import BARS, TS
 from market_platform.sources import symbols as sym
 
 UTC = timezone.utc
@@ -161,38 +161,11 @@ class PolygonReplay(ReplayHTTPServer):
         limit = _int_param(params, "limit", 5000, 1, 50_000)
         symbol = sym.from_polygon(ticker)
         kind = kind_of(symbol)
-        tz = zone(kind)
-        lo = _instant(start, "from", tz, end=False)
-        hi = _instant(end, "to", tz, end=True)
+        lo = _instant(start, "from", zone(kind), end=False)
+        hi = _instant(end, "to", zone(kind), end=True)
         body: dict[str, Any] = {"ticker": ticker, "queryCount": 0, "resultsCount": 0, "adjusted": adjusted,
                                 "status": "OK", "request_id": _request_id(), "count": 0}
-        days = days_between(lo, hi, kind)
-        if order == "desc":
-            days.reverse()
-        loaded, base, rest = [], 0, []
-        for i, day in enumerate(days):
-            bars = self.data.minute_bars([symbol], day)
-            ts = bars.column("ts")
-            bars = bars.filter(pc.and_(pc.greater_equal(ts, pa.scalar(lo, TS)), pc.less_equal(ts, pa.scalar(hi, TS))))
-            loaded.append(bars)
-            base += bars.num_rows
-            # Minute and hour buckets never span two days, so whole days can be left to the next page.
-            if timespan != "day" and base >= limit:
-                rest = days[i + 1:]
-                break
-        if order == "desc":
-            loaded.reverse()
-        table = pa.concat_tables(loaded) if loaded else AGG_BARS.empty_table()
-        if timespan == "day":
-            daily = aggregate(table, "day", 1, tz=tz)
-            buckets = aggregate(daily, "day", m, tz=tz, anchor=lo.astimezone(tz).date()) if m > 1 else daily
-            if m == 1:
-                buckets = buckets.set_column(buckets.num_columns - 1, "base_count",
-                                             pa.array(np.ones(buckets.num_rows, np.int64)))
-        else:
-            buckets = aggregate(table, timespan, m, tz=tz)
-        if order == "desc":
-            buckets = buckets.take(pa.array(np.arange(buckets.num_rows)[::-1]))
+        buckets, rest = self._buckets(symbol, kind, lo, hi, timespan, m, order, limit)
         counts = buckets.column("base_count").to_numpy()
         take = max(1, int(np.searchsorted(np.cumsum(counts), limit, side="right"))) if len(counts) else 0
         page = buckets.slice(0, take)
@@ -210,6 +183,39 @@ class PolygonReplay(ReplayHTTPServer):
                 path = f"{ticker}/range/{m}/{timespan}/{start}/{_ms(int(starts[take - 1])) - 1}"
             body["next_url"] = f"{self.url}/v2/aggs/ticker/{path}?cursor={cursor}"
         return Reply(200, body)
+
+    def _buckets(self, symbol: str, kind: str, lo: datetime, hi: datetime, timespan: str, m: int, order: str,
+                 limit: int) -> tuple[pa.Table, list[date]]:
+        """The aggregates of [lo, hi] in `order` (AGG_BARS; `base_count` counts daily aggregates for
+        day bars), and the days not loaded because earlier ones already exceed `limit`."""
+        tz = zone(kind)
+        days = days_between(lo, hi, kind)
+        if order == "desc":
+            days.reverse()
+        loaded, base, rest = [], 0, []
+        for i, day in enumerate(days):
+            bars = self.data.minute_bars([symbol], day)
+            ts = bars.column("ts")
+            bars = bars.filter(pc.and_(pc.greater_equal(ts, pa.scalar(lo, TS)), pc.less_equal(ts, pa.scalar(hi, TS))))
+            loaded.append(bars)
+            base += bars.num_rows
+            # Minute and hour buckets never span two days, so whole days can be left to the next page.
+            if timespan != "day" and base >= limit:
+                rest = days[i + 1:]
+                break
+        if order == "desc":
+            loaded.reverse()
+        table = pa.concat_tables(loaded) if loaded else BARS.empty_table()
+        if timespan == "day":
+            daily = aggregate(table, "day", 1, tz=tz)
+            daily = daily.set_column(daily.num_columns - 1, AGG_BARS.field("base_count"),
+                                     pa.array(np.ones(daily.num_rows, np.int64)))
+            buckets = aggregate(daily, "day", m, tz=tz, anchor=lo.astimezone(tz).date()) if m > 1 else daily
+        else:
+            buckets = aggregate(table, timespan, m, tz=tz)
+        if order == "desc":
+            buckets = buckets.take(pa.array(np.arange(buckets.num_rows)[::-1]))
+        return buckets, rest
 
     # ----------------------------------------------------------------------- reference
 
