@@ -4,7 +4,8 @@
     ├── ConfigError                  a setting or URL is wrong (names the variable, never a secret)
     ├── InvalidInputError            a user asked for something that cannot exist
     │   ├── NotASessionError         a date that is not a trading session
-    │   └── UnknownDatasetError      a lake dataset that is not defined
+    │   ├── UnknownDatasetError      a lake dataset that is not defined
+    │   └── NotEnoughHistoryError    a model asked to learn from sessions that are not stored
     ├── StorageError
     │   ├── DatabaseUnavailableError the tick store cannot be reached
     │   └── LakeError                a lake read or write failed
@@ -35,6 +36,10 @@ class NotASessionError(InvalidInputError):
 
 class UnknownDatasetError(InvalidInputError):
     """The lake has no dataset of that name."""
+
+
+class NotEnoughHistoryError(InvalidInputError):
+    """Too few earlier sessions are stored to fit a model for the session asked for."""
 
 
 class StorageError(MarketPlatformError):
