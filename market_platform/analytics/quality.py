@@ -253,8 +253,10 @@ def live_fresh(store, *, now: datetime | None = None, max_lag: dict[str, timedel
     stale = []
     for table, allowed in lags.items():
         # The newest row of today's session only: an index/partition-pruned scan of a short range.
+        # (A second column keeps the CSV line of an all-null row from reading as a blank line.)
         newest = store.read_arrow(
-            sql.SQL("SELECT max(ts) AS newest FROM {} WHERE ts >= %s AND ts <= %s").format(sql.Identifier(table)),
+            sql.SQL("SELECT max(ts) AS newest, 1 AS one FROM {} WHERE ts >= %s AND ts <= %s").format(
+                sql.Identifier(table)),
             (session.start, now),
         )["newest"][0].as_py()
         reference = newest or session.start
