@@ -239,8 +239,8 @@ FRESHNESS_LAG = {"bars_1m": timedelta(minutes=3), "quotes": timedelta(minutes=1)
 
 
 def live_fresh(store, *, now: datetime | None = None, max_lag: dict[str, timedelta] | None = None) -> CheckOutcome:
-    """During a session (pre-market to after-hours), each live table's newest row is no older than
-    its allowed lag (`FRESHNESS_LAG`); outside sessions the check passes with nothing to judge.
+    """During a session (pre-market to after-hours), each live table of `max_lag` (default
+    `FRESHNESS_LAG`: bars_1m, quotes, trades) has a newest row no older than its lag; outside sessions the check passes with nothing to judge.
     The first minutes of a session get the lag as grace, counted from the session's start."""
     from psycopg import sql
 
@@ -248,7 +248,7 @@ def live_fresh(store, *, now: datetime | None = None, max_lag: dict[str, timedel
     session = calendar.default_calendar().session_at(now)
     if session is None:
         return CheckOutcome(True, f"no session at {now.isoformat()}: live tables not judged", {"in_session": False})
-    lags = {**FRESHNESS_LAG, **(max_lag or {})}
+    lags = dict(max_lag) if max_lag else dict(FRESHNESS_LAG)
     metrics: dict[str, Any] = {"in_session": True}
     stale = []
     for table, allowed in lags.items():

@@ -33,19 +33,18 @@ def build_freshness_checks(
     """One `fresh_during_session` check per live table (`{"bars_1m": AssetKey(...), ...}`): during a
     session its newest row is within the allowed lag (`quality.FRESHNESS_LAG`); evaluated every
     minute of extended hours by automation, and passing outside sessions."""
-    checks = []
-    for table, key in assets.items():
-        allowed = {table: (lags or {}).get(table, quality.FRESHNESS_LAG.get(table, timedelta(minutes=5)))}
+    return [_freshness_check(table, key, cron, (lags or {}).get(table, quality.FRESHNESS_LAG.get(table, timedelta(minutes=5))))
+            for table, key in assets.items()]
 
-        @dg.asset_check(
-            asset=key,
-            name="fresh_during_session",
-            automation_condition=dg.AutomationCondition.cron_tick_passed(cron, "America/New_York"),
-            description=f"During a session the newest row of {table} is at most "
-                        f"{allowed[table].total_seconds():.0f}s old.",
-        )
-        def _fresh(tick_store: TickStoreResource, _allowed=allowed) -> dg.AssetCheckResult:
-            return check_result(quality.live_fresh(tick_store.store(), max_lag=_allowed))
 
-        checks.append(_fresh)
-    return checks
+def _freshness_check(table: str, key: dg.AssetKey, cron: str, allowed: timedelta) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=key,
+        name="fresh_during_session",
+        automation_condition=dg.AutomationCondition.cron_tick_passed(cron, "America/New_York"),
+        description=f"During a session the newest row of {table} is at most {allowed.total_seconds():.0f}s old.",
+    )
+    def _fresh(tick_store: TickStoreResource) -> dg.AssetCheckResult:
+        return check_result(quality.live_fresh(tick_store.store(), max_lag={table: allowed}))
+
+    return _fresh
