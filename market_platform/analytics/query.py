@@ -136,7 +136,7 @@ class _Evaluator:
     def instant(self, expression: str) -> datetime | None:
         # The user's own expression, evaluated alone in a scratch connection with no data.
         try:
-            value = self.con.sql(f"SELECT CAST(({expression}) AS TIMESTAMPTZ)").fetchone()[0]  # noqa: S608
+            value = self.con.execute(f"SELECT CAST(({expression}) AS TIMESTAMPTZ)").fetchone()[0]  # noqa: S608
         except duckdb.Error:
             return None  # not a constant timestamp after all: no bound from it
         return value if isinstance(value, datetime) else None
@@ -277,7 +277,9 @@ def connect(
             rows = fetch(store, todo)
             todo.rows = rows.num_rows
             con.register(f"__live_{table}", rows)
-            con.execute(f'CREATE VIEW {SCHEMA}."{table}" AS SELECT * FROM "__live_{table}"')
+            # PostgreSQL keeps microseconds; as TIMESTAMPTZ (not _NS) ts compares with typed literals.
+            replace = " REPLACE (CAST(ts AS TIMESTAMPTZ) AS ts)" if "ts" in rows.column_names else ""
+            con.execute(f'CREATE VIEW {SCHEMA}."{table}" AS SELECT *{replace} FROM "__live_{table}"')
             fetched.append(todo)
     except BaseException:
         con.close()
