@@ -194,3 +194,25 @@ def test_alerts_sensor_on_new_materializations(tmp_path, metrics_lake, db_url):
         assert second.skip_message == "nothing new to evaluate"
         assert len((tmp_path / "out.jsonl").read_text().splitlines()) == fired
 
+
+
+def test_live_windows_are_evaluated_during_the_session(tmp_path, db_url, tick_store, sim):
+    from market_platform.defs.metrics.sensors import evaluate_alerts
+
+    tick_store.write_bars(sim.minute_bars("2024-11-26"))
+    rules = alerts.rules_from_dict({"rules": [
+        {"name": "pop", "dataset": "intraday_metrics", "metric": "probability_of_profit", "op": ">=",
+         "threshold": 1.0, "symbols": ["AAPL", "SPY"], "cooldown": "15m"}]})
+    alerter = alerts.Alerter(tick_store, rules)
+    now = datetime(2024, 11, 26, 15, 31, 30, tzinfo=timezone.utc)  # 10:31:30 New York
+    with dg.instance_for_test() as instance:
+        cursor, reports = evaluate_alerts(instance, None, alerter, LakeResource(url=str(tmp_path / "lake")), now)
+        fired = reports["live"].fired
+        assert fired and all(a.event_ts <= now - timedelta(minutes=6) for a in fired)
+        assert json.loads(cursor)["live_window"] == "2024-11-26T15:25:00+00:00"
+        live = metrics.live_intraday_metrics(tick_store, "2024-11-26", until=now)
+        expected = {(r["symbol"], r["ts"]) for r in closed_windows(live, now, None).to_pylist()
+                    if r["symbol"] in ("AAPL", "SPY") and r["probability_of_profit"] >= 1.0}
+        assert {(a.symbol, a.event_ts) for a in fired} <= expected
+        again, more = evaluate_alerts(instance, cursor, alerter, LakeResource(url=str(tmp_path / "lake")), now)
+        assert "live" not in more and again == cursor
