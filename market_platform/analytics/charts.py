@@ -218,7 +218,7 @@ def render_candles(bars: pa.Table, symbol: str, timeframe: str):
     formatter, digits = _price_format(np.concatenate([l, h]))
     ax.yaxis.set_major_formatter(formatter)
     axv.yaxis.set_major_formatter(_volume_format())
-    ax.set_xlim(-1, n + max(2, n // 40))
+    ax.set_xlim(-0.75, n - 0.25 + max(0.5, n / 40))  # a little room on the right for the price tag
     pad = (np.nanmax(h) - np.nanmin(l)) * 0.06 or np.nanmax(h) * 0.01
     ax.set_ylim(np.nanmin(l) - pad, np.nanmax(h) + pad)
 

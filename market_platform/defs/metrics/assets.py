@@ -163,3 +163,11 @@ def return_forecast(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
 
 def _float(value: "float | None") -> dg.MetadataValue:
     return dg.MetadataValue.float(value) if value is not None else dg.MetadataValue.null()
+
+
+metrics_job = dg.define_asset_job(
+    "metrics_job",
+    selection=[daily_metrics, intraday_metrics, return_features, return_forecast],
+    description="A session's daily and intraday metrics, return features and forecast, from its minute bars "
+                "in the lake (the assets also materialize themselves when minute_bars does).",
+)
