@@ -57,16 +57,16 @@ register_dataset(INTRADAY_METRICS, schemas.INTRADAY_METRICS)
 _LAKE_BARS = """
 SELECT symbol, CAST(ts AS TIMESTAMPTZ) AS ts, open, high, low, close, volume, trade_count,
        coalesce(vwap, (high + low + close) / 3) AS px
-FROM minute_bars
-WHERE date = $day AND CAST(ts AS TIMESTAMPTZ) >= $session_start AND CAST(ts AS TIMESTAMPTZ) < $session_end
+FROM day_bars
+WHERE CAST(ts AS TIMESTAMPTZ) >= $session_start AND CAST(ts AS TIMESTAMPTZ) < $session_end
 QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY source) = 1
 """
 
 _DAILY_SQL = """
 WITH bars AS (""" + _LAKE_BARS + """),
 prev_bars AS (
-    SELECT symbol, CAST(ts AS TIMESTAMPTZ) AS ts, close FROM minute_bars
-    WHERE date = $prev_day AND CAST(ts AS TIMESTAMPTZ) >= $prev_regular_open
+    SELECT symbol, CAST(ts AS TIMESTAMPTZ) AS ts, close FROM prev_bars
+    WHERE CAST(ts AS TIMESTAMPTZ) >= $prev_regular_open
       AND CAST(ts AS TIMESTAMPTZ) < $prev_regular_close
     QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY source) = 1
 ),
@@ -160,10 +160,47 @@ _INTRADAY_POSTGRES = _INTRADAY_BODY.format(
 )
 
 
+_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume", "vwap", "trade_count", "source"]
+
+
+def _run(lake: Lake, query: str, params: dict, day: date, previous: date | None = None) -> pa.Table:
+    """`query` by DuckDB over the session's minute bars (`day_bars`) and the previous session's
+    (`prev_bars`, empty when the lake lacks them), read partition by partition: the cost does not
+    grow with the lake, and a local or S3 lake read the same way."""
+    import duckdb
+
+    if not lake.has_partition("minute_bars", day):
+        raise PartitionNotFoundError(
+            f"the lake has no minute_bars for {day.isoformat()}: materialize minute_bars for that session first"
+        )
+    has_previous = previous is not None and lake.has_partition("minute_bars", previous)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        if lake.is_s3:
+            today = lake.read_partition("minute_bars", day, columns=_COLUMNS)
+            con.register("day_bars", today)
+            con.register("prev_bars", lake.read_partition("minute_bars", previous, columns=_COLUMNS)
+                         if has_previous else today.schema.empty_table())
+        else:
+            # DuckDB's own Parquet scan of the two files (layout: lake.py's module docstring).
+            con.read_parquet(_local_file(lake, day)).create_view("day_bars")
+            if has_previous:
+                con.read_parquet(_local_file(lake, previous)).create_view("prev_bars")
+            else:
+                con.sql("SELECT * FROM day_bars WHERE false").create_view("prev_bars")
+        return con.sql(query, params=params).to_arrow_table()
+    finally:
+        con.close()
+
+
+def _local_file(lake: Lake, day: date) -> str:
+    return f"{lake.url.removeprefix('file://')}/minute_bars/date={day.isoformat()}/data.parquet"
+
+
 def _session_params(day: date) -> dict:
     session = calendar.session(day)
     return {
-        "day": session.day,
         "session_start": session.start,
         "session_end": session.end,
         "regular_open": session.regular_open,
@@ -171,36 +208,26 @@ def _session_params(day: date) -> dict:
     }
 
 
-def _require_bars(lake: Lake, day: date) -> None:
-    if not lake.has_partition("minute_bars", day):
-        raise PartitionNotFoundError(
-            f"the lake has no minute_bars for {day.isoformat()}: materialize minute_bars for that session first"
-        )
-
-
 def daily_metrics(lake: Lake, day: date | str) -> pa.Table:
     """schemas.DAILY_METRICS rows of session `day`, computed by DuckDB from the lake's minute bars
     (and the previous session's, for the previous close). See the module docstring."""
     day = calendar.to_date(day)
-    _require_bars(lake, day)
     session = calendar.session(day)
     previous = calendar.session(calendar.default_calendar().previous_session(day))
     params = {
         **_session_params(day),
-        "prev_day": previous.day,
         "prev_regular_open": previous.regular_open,
         "prev_regular_close": previous.regular_close,
         "day_ts": datetime.combine(day, datetime.min.time(), tzinfo=calendar.NEW_YORK),
         "half_day": session.is_half_day,
     }
-    return schemas.conform(lake.query(_DAILY_SQL, params), schemas.DAILY_METRICS)
+    return schemas.conform(_run(lake, _DAILY_SQL, params, day, previous.day), schemas.DAILY_METRICS)
 
 
 def intraday_metrics(lake: Lake, day: date | str) -> pa.Table:
     """schemas.INTRADAY_METRICS rows of session `day` from the lake's minute bars, by DuckDB."""
     day = calendar.to_date(day)
-    _require_bars(lake, day)
-    return schemas.conform(lake.query(_INTRADAY_DUCKDB, _session_params(day)), schemas.INTRADAY_METRICS)
+    return schemas.conform(_run(lake, _INTRADAY_DUCKDB, _session_params(day), day), schemas.INTRADAY_METRICS)
 
 
 def live_intraday_metrics(
