@@ -5,7 +5,8 @@
     ├── InvalidInputError            a user asked for something that cannot exist
     │   ├── NotASessionError         a date that is not a trading session
     │   ├── UnknownDatasetError      a lake dataset that is not defined
-    │   └── UnknownSymbolError       a ticker the vendor does not list
+    │   ├── UnknownSymbolError       a ticker the vendor does not list
+    │   └── NotEnoughHistoryError    a model asked to learn from sessions that are not stored
     ├── StorageError
     │   ├── DatabaseUnavailableError the tick store cannot be reached
     │   └── LakeError                a lake read or write failed
@@ -41,6 +42,10 @@ class UnknownDatasetError(InvalidInputError):
 
 class UnknownSymbolError(InvalidInputError):
     """A ticker the vendor does not list (on the day asked about)."""
+
+
+class NotEnoughHistoryError(InvalidInputError):
+    """Too few earlier sessions are stored to fit a model for the session asked for."""
 
 
 class StorageError(MarketPlatformError):

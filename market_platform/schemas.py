@@ -172,3 +172,82 @@ def _to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     return array.to_numpy(zero_copy_only=False)
+
+
+# -- Derived datasets (market_platform.analytics): metrics, features and forecasts in the lake ----
+
+#: One row per symbol and session. `ts` is the session's date at midnight New York (as in
+#: bars_1d). Prices and returns are of the regular session; volumes span the whole session.
+DAILY_METRICS = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("open", pa.float64()),  # first regular-session bar's open
+        pa.field("high", pa.float64()),
+        pa.field("low", pa.float64()),
+        pa.field("close", pa.float64()),  # last regular-session bar's close
+        pa.field("prev_close", pa.float64()),  # the previous session's regular close
+        pa.field("open_close_return", pa.float64()),  # close / open - 1
+        pa.field("log_return", pa.float64()),  # ln(close / open)
+        pa.field("pct_change", pa.float64()),  # close / prev_close - 1
+        pa.field("gap", pa.float64()),  # open / prev_close - 1
+        pa.field("price_range", pa.float64()),  # high - low
+        pa.field("range_pct", pa.float64()),  # (high - low) / open
+        pa.field("vwap", pa.float64()),  # regular session
+        pa.field("volume", pa.float64(), nullable=False),  # whole session
+        pa.field("dollar_volume", pa.float64(), nullable=False),  # whole session, sum of vwap * volume
+        pa.field("trade_count", pa.int64()),
+        pa.field("bars", pa.int64(), nullable=False),  # 1-minute bars in the session
+        pa.field("realized_vol", pa.float64()),  # sqrt(sum of squared 1-minute log returns), regular
+        pa.field("premarket_volume_share", pa.float64()),
+        pa.field("afterhours_volume_share", pa.float64()),
+        pa.field("half_day", pa.bool_(), nullable=False),
+    ]
+)
+
+#: One row per symbol and 5-minute window (clock-aligned, `ts` its start) with at least one bar.
+INTRADAY_METRICS = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("phase", pa.string(), nullable=False),  # premarket, regular, afterhours
+        pa.field("open", pa.float64(), nullable=False),
+        pa.field("high", pa.float64(), nullable=False),
+        pa.field("low", pa.float64(), nullable=False),
+        pa.field("close", pa.float64(), nullable=False),
+        pa.field("pct_change", pa.float64(), nullable=False),  # close / previous window's close - 1
+        pa.field("vwap", pa.float64()),
+        pa.field("volume", pa.float64(), nullable=False),
+        pa.field("trade_count", pa.int64()),
+        pa.field("observations", pa.int64(), nullable=False),  # 1-minute bars in the window
+        pa.field("volatility", pa.float64(), nullable=False),  # sqrt(sum of squared 1-minute log returns)
+        pa.field("probability_of_profit", pa.float64(), nullable=False),
+    ]
+)
+
+#: Features of each (symbol, 5-minute window), known at the window's end, and the label.
+RETURN_FEATURES = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("phase", pa.string(), nullable=False),
+        pa.field("ret_lag0", pa.float64(), nullable=False),  # this window's log return
+        pa.field("ret_lag1", pa.float64()),
+        pa.field("ret_lag2", pa.float64()),
+        pa.field("rolling_vol", pa.float64()),  # std of the last 12 windows' log returns
+        pa.field("volume_z", pa.float64()),  # log volume vs the 12 windows before
+        pa.field("vwap_distance", pa.float64()),  # close / session VWAP so far - 1
+        pa.field("minutes_from_open", pa.float64(), nullable=False),  # window start - regular open
+        pa.field("next_return", pa.float64()),  # label: the symbol's next window's log return
+    ]
+)
+
+#: Walk-forward predictions of each window's next return, beside what happened.
+RETURN_FORECAST = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("predicted_return", pa.float64(), nullable=False),
+        pa.field("next_return", pa.float64()),
+    ]
+)

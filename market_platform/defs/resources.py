@@ -88,6 +88,37 @@ class SimMarketResource(dg.ConfigurableResource):
         return self.market.minute_bars(day, symbols)
 
 
+class AlertsResource(dg.ConfigurableResource):
+    """Alert rules (a YAML file) and where alerts go: the log always, a JSON-lines file, a webhook.
+
+    Defaults: rules in `$MARKET_PLATFORM_HOME/alerts.yaml` (no file: no alerts), alerts appended to
+    `$MARKET_PLATFORM_HOME/alerts.jsonl`, no webhook. The webhook URL is a secret (Slack's carry a
+    token): set it through MARKET_ALERTS_WEBHOOK_URL.
+    """
+
+    rules_file: Optional[str] = None
+    json_file: Optional[str] = None
+    webhook_url: Optional[str] = None
+
+    def rules_path(self) -> str:
+        return self.rules_file or str(settings.home() / "alerts.yaml")
+
+    def alerter(self, store: TickStore):
+        """An `analytics.alerts.Alerter` on `store`, or None when the rules file does not exist."""
+        from pathlib import Path
+
+        from market_platform.analytics.alerts import Alerter, load_rules
+
+        if not Path(self.rules_path()).exists():
+            return None
+        return Alerter(
+            store,
+            load_rules(self.rules_path()),
+            json_file=self.json_file or str(settings.home() / "alerts.jsonl"),
+            webhook_url=self.webhook_url,
+        )
+
+
 def env_var(name: str) -> dg.EnvVar | None:
     """`dg.EnvVar(name)` when the variable is set, else None (the resource's own default).
 
@@ -109,4 +140,9 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             s3_region=env_var("AWS_DEFAULT_REGION"),
         ),
         "bars_source": SimMarketResource(n_stocks=int(os.environ.get("MARKET_SIM_STOCKS", "3000"))),
+        "alerts": AlertsResource(
+            rules_file=env_var("MARKET_ALERTS_FILE"),
+            json_file=env_var("MARKET_ALERTS_JSON"),
+            webhook_url=env_var("MARKET_ALERTS_WEBHOOK_URL"),
+        ),
     }

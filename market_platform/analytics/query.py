@@ -1,0 +1,309 @@
+"""One SQL over history and today: DuckDB with the lake's datasets as views and, when a tick store
+is given (the CLI: when MARKET_DB_URL is set), its tables under the schema `live`.
+
+    SELECT symbol, avg(close) FROM minute_bars WHERE date = '2024-11-26' GROUP BY 1
+    SELECT * FROM live.bars_1m WHERE symbol = 'AAPL' AND ts >= now() - INTERVAL 1 HOUR
+    SELECT * FROM minute_bars WHERE symbol = 'AAPL'
+    UNION ALL BY NAME SELECT * FROM live.bars_1m WHERE symbol = 'AAPL'
+
+Live tables have the lake's column names (schemas.BARS, QUOTES, TRADES). They are moved into
+DuckDB as Arrow (PostgreSQL COPY, parsed by Arrow; DuckDB's postgres extension is not
+available offline), only those the SQL names, and only the rows it can need:
+
+- a time-series table (bars_1m, quotes, trades) is fetched for the `ts` bounds found in the
+  WHERE clauses that filter it directly (`ts >= X`, `ts > X`, `ts < X`, `ts <= X`,
+  `ts BETWEEN X AND Y`, with X a constant expression such as a literal or now() - INTERVAL ...),
+  and the symbols of `symbol = 'X'` or `symbol IN (...)`; without a lower bound, from the start
+  of the latest session (`since` overrides that default). A table read twice with different
+  filters gets the union of both ranges. DuckDB still applies the full query, so these bounds
+  only decide what is copied, never the answer within them.
+- other tables (stream_stats, stream_gaps, dead_letters, universe, alerts) are fetched whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from psycopg import sql
+
+from market_platform import calendar
+from market_platform.errors import InvalidInputError
+from market_platform.storage.lake import Lake
+from market_platform.storage.timescale import LIVE_TABLES, TABLES, TickStore
+
+SCHEMA = "live"
+LIVE_QUERYABLE = (*TABLES, "alerts")
+
+_LOWER = {"COMPARE_GREATERTHAN", "COMPARE_GREATERTHANOREQUALTO"}
+_UPPER = {"COMPARE_LESSTHAN", "COMPARE_LESSTHANOREQUALTO"}
+_FLIP = {"COMPARE_GREATERTHAN": "COMPARE_LESSTHAN", "COMPARE_GREATERTHANOREQUALTO": "COMPARE_LESSTHANOREQUALTO",
+         "COMPARE_LESSTHAN": "COMPARE_GREATERTHAN", "COMPARE_LESSTHANOREQUALTO": "COMPARE_GREATERTHANOREQUALTO",
+         "COMPARE_EQUAL": "COMPARE_EQUAL"}
+
+
+@dataclass
+class Bounds:
+    """What one reference to a live table can need: a ts range and a symbol set (None: unbounded)."""
+
+    start: datetime | None = None
+    end: datetime | None = None  # inclusive: the fetch uses ts <= end
+    symbols: set[str] | None = None
+
+
+@dataclass
+class Fetch:
+    """What was copied from the tick store for one table."""
+
+    table: str
+    start: datetime | None
+    end: datetime | None
+    symbols: list[str] | None
+    rows: int = 0
+    references: list[Bounds] = field(default_factory=list)
+
+
+def parse(text: str) -> dict:
+    """DuckDB's syntax tree of `text` (json_serialize_sql); InvalidInputError when it does not parse."""
+    con = duckdb.connect()
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql($1)", [text]).fetchone()[0])
+    finally:
+        con.close()
+    if tree.get("error"):
+        raise InvalidInputError(f"cannot parse the SQL: {tree.get('error_message')}")
+    return tree
+
+
+def referenced_live_tables(tree: dict) -> list[str]:
+    """Names of the `live.` tables a parsed SQL reads (InvalidInputError for one that does not exist)."""
+    names = {node.get("table_name") for node in _walk(tree.get("statements", []))
+             if node.get("type") == "BASE_TABLE" and node.get("schema_name") == SCHEMA}
+    unknown = sorted(names - set(LIVE_QUERYABLE))
+    if unknown:
+        raise InvalidInputError(f"no live table {', '.join(unknown)}: expected one of {', '.join(LIVE_QUERYABLE)}")
+    return sorted(names)
+
+
+def _walk(node: Any):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _conjuncts(expr: dict | None) -> list[dict]:
+    if not expr:
+        return []
+    if expr.get("class") == "CONJUNCTION" and expr.get("type") == "CONJUNCTION_AND":
+        return [c for child in expr["children"] for c in _conjuncts(child)]
+    return [expr]
+
+
+def _column(expr: dict, name: str, aliases: set[str]) -> bool:
+    if expr.get("class") != "COLUMN_REF":
+        return False
+    names = expr.get("column_names", [])
+    return bool(names) and names[-1] == name and (len(names) == 1 or names[-2] in aliases)
+
+
+def _constant_span(text: str, expr: dict) -> str | None:
+    """The SQL text of a column-free, subquery-free expression, from its nodes' locations."""
+    spans = []
+    for node in _walk(expr):
+        if node.get("class") in ("COLUMN_REF", "SUBQUERY", "PARAMETER", "WINDOW"):
+            return None
+        location, length = node.get("query_location"), node.get("query_location_length")
+        if isinstance(location, int) and location < len(text) and length:
+            spans.append((location, location + length))
+    if not spans:
+        return None
+    return text[min(s for s, _ in spans):max(e for _, e in spans)]
+
+
+class _Evaluator:
+    def __init__(self) -> None:
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+
+    def instant(self, expression: str) -> datetime | None:
+        # The user's own expression, evaluated alone in a scratch connection with no data.
+        try:
+            value = self.con.execute(f"SELECT CAST(({expression}) AS TIMESTAMPTZ)").fetchone()[0]  # noqa: S608
+        except duckdb.Error:
+            return None  # not a constant timestamp after all: no bound from it
+        return value if isinstance(value, datetime) else None
+
+    def strings(self, expressions: list[dict]) -> set[str] | None:
+        out = set()
+        for expr in expressions:
+            literal = expr.get("literal") if expr.get("class") == "CONSTANT" else None
+            if not literal or literal.get("kind") != "STRING":
+                return None
+            out.add(literal["text"])
+        return out
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def pushdown(text: str, table: str, tree: dict | None = None) -> list[Bounds]:
+    """For each SELECT that reads `live.<table>` directly, the bounds its WHERE puts on ts and symbol."""
+    tree = tree or parse(text)
+    found: list[Bounds] = []
+    evaluator = _Evaluator()
+    try:
+        for node in _walk(tree.get("statements", [])):
+            if node.get("type") != "SELECT_NODE":
+                continue
+            refs = [ref for ref in _walk(node.get("from_table")) if ref.get("type") == "BASE_TABLE"
+                    and ref.get("schema_name") == SCHEMA and ref.get("table_name") == table]
+            # Joins: a filter on another table's ts cannot bound this one, so only a direct FROM counts.
+            direct = node.get("from_table", {}).get("type") == "BASE_TABLE"
+            for ref in refs:
+                bounds = Bounds()
+                if direct:
+                    aliases = {ref.get("alias") or table, table}
+                    _bounds_from(node.get("where_clause"), aliases, text, evaluator, bounds)
+                found.append(bounds)
+    finally:
+        evaluator.close()
+    return found
+
+
+def _bounds_from(where: dict | None, aliases: set[str], text: str, evaluator: _Evaluator, bounds: Bounds) -> None:
+    for expr in _conjuncts(where):
+        kind = expr.get("type")
+        if expr.get("class") == "COMPARISON" and kind in _FLIP:
+            left, right = expr["left"], expr["right"]
+            if not _column(left, "ts", aliases) and not _column(left, "symbol", aliases):
+                left, right, kind = right, left, _FLIP[kind]
+            if _column(left, "ts", aliases):
+                span = _constant_span(text, right)
+                instant = evaluator.instant(span) if span else None
+                if instant is None:
+                    continue
+                if kind in _LOWER or kind == "COMPARE_EQUAL":
+                    bounds.start = max(bounds.start, instant) if bounds.start else instant
+                if kind in _UPPER or kind == "COMPARE_EQUAL":
+                    bounds.end = min(bounds.end, instant) if bounds.end else instant
+            elif _column(left, "symbol", aliases) and kind == "COMPARE_EQUAL":
+                symbols = evaluator.strings([right])
+                if symbols is not None:
+                    bounds.symbols = symbols if bounds.symbols is None else bounds.symbols & symbols
+        elif expr.get("class") == "BETWEEN" and _column(expr.get("input", {}), "ts", aliases):
+            for side, attr in ((expr.get("lower"), "start"), (expr.get("upper"), "end")):
+                span = _constant_span(text, side or {})
+                instant = evaluator.instant(span) if span else None
+                if instant is not None:
+                    setattr(bounds, attr, instant)
+        elif expr.get("class") == "OPERATOR" and kind == "COMPARE_IN":
+            children = expr.get("children", [])
+            if children and _column(children[0], "symbol", aliases):
+                symbols = evaluator.strings(children[1:])
+                if symbols is not None:
+                    bounds.symbols = symbols if bounds.symbols is None else bounds.symbols & symbols
+
+
+def default_since(now: datetime | None = None) -> datetime:
+    """The start (04:00 New York) of the session running at `now`, else of the last one."""
+    now = now or datetime.now(timezone.utc)
+    cal = calendar.default_calendar()
+    running = cal.session_at(now)
+    if running is not None:
+        return running.start
+    return cal.session(cal.last_completed_session(now)).start
+
+
+def plan(text: str, table: str, *, since: datetime | None = None, tree: dict | None = None) -> Fetch:
+    """What to copy of `live.<table>` for `text`: the hull of every reference's bounds."""
+    references = pushdown(text, table, tree) if table in LIVE_TABLES else []
+    if table not in LIVE_TABLES:
+        return Fetch(table, None, None, None, references=references)
+    fallback = since or default_since()
+    starts = [b.start or fallback for b in references] or [fallback]
+    ends = [b.end for b in references]
+    symbol_sets = [b.symbols for b in references]
+    return Fetch(
+        table,
+        start=min(starts),
+        end=None if not ends or any(e is None for e in ends) else max(ends),
+        symbols=None if not symbol_sets or any(s is None for s in symbol_sets) else sorted(set().union(*symbol_sets)),
+        references=references,
+    )
+
+
+def fetch(store: TickStore, plan_: Fetch) -> pa.Table:
+    """The rows `plan_` asks for, from the tick store, as Arrow."""
+    clauses, params = [], []
+    if plan_.start is not None:
+        clauses.append(sql.SQL("ts >= %s"))
+        params.append(plan_.start)
+    if plan_.end is not None:
+        clauses.append(sql.SQL("ts <= %s"))
+        params.append(plan_.end)
+    if plan_.symbols is not None:
+        clauses.append(sql.SQL("symbol = ANY(%s)"))
+        params.append(plan_.symbols)
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
+    return store.read_arrow(sql.SQL("SELECT * FROM {}{}").format(sql.Identifier(plan_.table), where), params or None)
+
+
+def connect(
+    lake: Lake, text: str, *, store: TickStore | None = None, since: datetime | None = None
+) -> tuple[duckdb.DuckDBPyConnection, list[Fetch]]:
+    """A DuckDB connection ready to run `text`: the lake's views, plus the live tables it names
+    (copied from `store`). Returns the connection (the caller closes it) and what was copied."""
+    tree = parse(text)
+    tables = referenced_live_tables(tree)
+    con = lake.connect()
+    try:
+        if tables and store is None:
+            raise InvalidInputError(
+                f"the query reads {', '.join(SCHEMA + '.' + t for t in tables)}: set MARKET_DB_URL to the tick store"
+            )
+        fetched = []
+        if tables:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        for table in tables:
+            todo = plan(text, table, since=since, tree=tree)
+            rows = fetch(store, todo)
+            todo.rows = rows.num_rows
+            con.register(f"__live_{table}", rows)
+            # PostgreSQL keeps microseconds; as TIMESTAMPTZ (not _NS) ts compares with typed literals.
+            replace = " REPLACE (CAST(ts AS TIMESTAMPTZ) AS ts)" if "ts" in rows.column_names else ""
+            con.execute(f'CREATE VIEW {SCHEMA}."{table}" AS SELECT *{replace} FROM "__live_{table}"')
+            fetched.append(todo)
+    except BaseException:
+        con.close()
+        raise
+    return con, fetched
+
+
+def query(
+    text: str, *, lake: Lake, store: TickStore | None = None, since: datetime | None = None
+) -> pa.Table:
+    """Run `text` over the lake (and the live tables it names) and return the result as Arrow.
+
+    Raises InvalidInputError for SQL DuckDB rejects, with DuckDB's message.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError("empty query: expected a SQL statement")
+    try:
+        con, _ = connect(lake, text, store=store, since=since)
+    except duckdb.Error as exc:
+        raise InvalidInputError(f"query rejected: {str(exc).splitlines()[0]}") from None
+    try:
+        relation = con.sql(text)
+        return relation.to_arrow_table() if relation is not None else pa.table({})
+    except duckdb.Error as exc:
+        raise InvalidInputError(f"query failed: {' '.join(str(exc).split())[:500]}") from None
+    finally:
+        con.close()

@@ -1,0 +1,173 @@
+"""Metrics, features and the return forecast: lake datasets computed by DuckDB from the bars.
+
+Each asset is partitioned by trading day and materializes itself (`AutomationCondition.eager()`)
+when its inputs do, for the latest session; older sessions are backfills. The definitions of every
+column are in `market_platform.analytics.metrics` and `.forecast`.
+"""
+
+from datetime import date
+
+import dagster as dg
+import pyarrow as pa
+
+from market_platform import schemas
+from market_platform.analytics import charts, forecast, metrics
+from market_platform.defs.bars.assets import minute_bars
+from market_platform.defs.metadata import table_metadata
+from market_platform.defs.partitions import trading_days_def
+from market_platform.defs.resources import LakeResource
+from market_platform.errors import NotEnoughHistoryError
+
+MULTI_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=50)
+
+
+def movers_markdown(table: pa.Table, day: date, *, n: int = 10) -> "str | None":
+    """The day's movers chart as markdown with an inline PNG, for the Dagster UI (None: no movers)."""
+    gainers, losers = metrics.movers(table, n=n)
+    if not gainers.num_rows and not losers.num_rows:
+        return None
+    png = charts.png_bytes(charts.render_movers(gainers, losers, day))
+    return charts.markdown_image(png, f"movers {day.isoformat()}")
+
+
+def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: str, compute) -> "tuple[pa.Table, int]":
+    store = lake.lake()
+    rows = 0
+    table = None
+    for key in context.partition_keys:
+        table = compute(store, date.fromisoformat(key))
+        rows += store.write_partition(dataset, key, table)
+        context.log.info(f"{key}: {table.num_rows} rows of {dataset}")
+    return table, rows
+
+
+def _metadata(context: dg.AssetExecutionContext, table: pa.Table, rows: int) -> dict:
+    return table_metadata(table) if len(context.partition_keys) == 1 else {"rows": dg.MetadataValue.int(rows)}
+
+
+@dg.asset(
+    partitions_def=trading_days_def,
+    group_name="metrics",
+    kinds={"parquet", "duckdb"},
+    # The previous session's minute bars give the previous close.
+    deps=[dg.AssetDep(minute_bars, partition_mapping=dg.TimeWindowPartitionMapping(
+        start_offset=-1, allow_nonexistent_upstream_partitions=True))],
+    automation_condition=dg.AutomationCondition.eager(),
+    backfill_policy=MULTI_RUN,
+)
+def daily_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """One row per symbol and session: regular-session open, high, low, close and VWAP, the previous
+    close, open-to-close and log return, percent change from the previous close, gap, range, dollar
+    volume, realized volatility of 1-minute returns, and the pre-market and after-hours shares of
+    volume; computed by DuckDB from `minute_bars`. The metadata shows the day's movers."""
+    table, rows = _write_each(context, lake, metrics.DAILY_METRICS, metrics.daily_metrics)
+    metadata = _metadata(context, table, rows)
+    if len(context.partition_keys) == 1:
+        chart = movers_markdown(table, date.fromisoformat(context.partition_key))
+        if chart:
+            metadata["movers"] = dg.MetadataValue.md(chart)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=trading_days_def,
+    group_name="metrics",
+    kinds={"parquet", "duckdb"},
+    deps=[minute_bars],
+    automation_condition=dg.AutomationCondition.eager(),
+    backfill_policy=MULTI_RUN,
+)
+def intraday_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """One row per symbol and 5-minute window of a session with at least one bar: open, high, low,
+    close, percent change from the previous window, VWAP, volume, realized volatility of 1-minute
+    returns, and the probability of profit (the share of the window's 1-minute closes at or below
+    its latest price); computed by DuckDB from `minute_bars`. During a session the same metrics come
+    from the tick store (`analytics.metrics.live_intraday_metrics`)."""
+    table, rows = _write_each(context, lake, metrics.INTRADAY_METRICS, metrics.intraday_metrics)
+    return dg.MaterializeResult(metadata=_metadata(context, table, rows))
+
+
+@dg.asset(
+    partitions_def=trading_days_def,
+    group_name="metrics",
+    kinds={"parquet", "duckdb"},
+    deps=[intraday_metrics],
+    automation_condition=dg.AutomationCondition.eager(),
+    backfill_policy=MULTI_RUN,
+)
+def return_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """One row per symbol and 5-minute window: the features a model may use at the window's end
+    (lagged log returns, rolling volatility, volume z-score, distance from the session VWAP, minutes
+    from the open) and the label, the symbol's next window's log return in the same session."""
+    table, rows = _write_each(context, lake, forecast.RETURN_FEATURES, forecast.return_features)
+    return dg.MaterializeResult(metadata=_metadata(context, table, rows))
+
+
+@dg.asset(
+    partitions_def=trading_days_def,
+    group_name="metrics",
+    kinds={"parquet", "scikit-learn"},
+    # Trains on the `lookback` sessions before the partition, read from the lake directly: a
+    # partition mapping over them would keep the first sessions of any history from ever running.
+    deps=[return_features],
+    automation_condition=dg.AutomationCondition.eager(),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)
+def return_forecast(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """One row per symbol and regular-hours 5-minute window: the predicted next-window log return of
+    a ridge regression fitted walk-forward on the sessions before this one only, beside the realized
+    return. The metadata scores it out of sample against the random-walk baseline (predict 0)."""
+    store = lake.lake()
+    results = {}
+    for key in sorted(context.partition_keys):  # in order: each session's model sees the ones before
+        try:
+            result = forecast.forecast(store, date.fromisoformat(key), lookback=forecast.DEFAULT_LOOKBACK)
+        except NotEnoughHistoryError as exc:
+            # The first sessions of a history have nothing to learn from: an empty partition says so.
+            context.log.warning(str(exc))
+            store.write_partition(forecast.RETURN_FORECAST, key, schemas.RETURN_FORECAST.empty_table())
+            results[key] = None
+            continue
+        store.write_partition(forecast.RETURN_FORECAST, key, result.predictions)
+        results[key] = result
+        context.log.info(f"{key}: r2_oos={result.r2_oos} on {result.test_rows} windows, "
+                         f"trained on {result.train_rows} rows of {len(result.train_sessions)} sessions")
+    if len(results) != 1:
+        scored = [r for r in results.values() if r is not None and r.r2_oos is not None]
+        return dg.MaterializeResult(metadata={
+            "sessions": len(results),
+            "sessions_scored": len(scored),
+            "sessions_beating_baseline": sum(1 for r in scored if r.beats_baseline),
+        })
+    (result,) = results.values()
+    if result is None:
+        return dg.MaterializeResult(metadata={"trained": False, "reason": "not enough earlier sessions of return_features"})
+    coefficients = "\n".join(f"| {name} | {value:+.3e} |" for name, value in result.coefficients.items())
+    return dg.MaterializeResult(metadata={
+        **table_metadata(result.predictions),
+        "trained": True,
+        "model": "ridge regression (alpha=1) on standardised features, scikit-learn",
+        "train_sessions": f"{result.train_sessions[0]} .. {result.train_sessions[-1]} ({len(result.train_sessions)})",
+        "train_rows": result.train_rows,
+        "test_rows": result.test_rows,
+        "r2_oos": _float(result.r2_oos),
+        "mse_model": _float(result.mse_model),
+        "mse_baseline_zero": _float(result.mse_zero),
+        "mse_baseline_train_mean": _float(result.mse_train_mean),
+        "hit_rate": _float(result.hit_rate),
+        "baseline": "random walk: predict a next return of 0",
+        "beats_baseline": dg.MetadataValue.bool(bool(result.beats_baseline)),
+        "coefficients": dg.MetadataValue.md("| feature | coefficient |\n|---|---|\n" + coefficients),
+    })
+
+
+def _float(value: "float | None") -> dg.MetadataValue:
+    return dg.MetadataValue.float(value) if value is not None else dg.MetadataValue.null()
+
+
+metrics_job = dg.define_asset_job(
+    "metrics_job",
+    selection=[daily_metrics, intraday_metrics, return_features, return_forecast],
+    description="A session's daily and intraday metrics, return features and forecast, from its minute bars "
+                "in the lake (the assets also materialize themselves when minute_bars does).",
+)
