@@ -793,6 +793,11 @@ class AlpacaStreamReplay:
     def base_url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
+    @property
+    def control_url(self) -> str:
+        """HTTP base of the fault commands: GET <control_url>/drop, /silence?seconds=5, /status ..."""
+        return f"http://{self.host}:{self.port}/control"
+
     def url(self, feed: str = "iex") -> str:
         """The URL for alpaca-py's `url_override`: a stock feed (iex, sip) or `crypto`."""
         if feed in ("crypto", "us"):
@@ -1068,7 +1073,7 @@ class AlpacaStreamReplay:
         payload = [message]
         await conn.ws.send(msgpack.packb(payload) if conn.msgpack else json.dumps(payload))
 
-    async def _error(self, conn: _Connection, code: int, msg: str) -> None:
+    async def _send_error(self, conn: _Connection, code: int, msg: str) -> None:
         await self._send_control(conn, {"T": "error", "code": code, "msg": msg})
 
     async def _recv(self, conn: _Connection, timeout: float | None = None) -> Any:
@@ -1105,33 +1110,33 @@ class AlpacaStreamReplay:
             try:
                 message = await self._recv(conn, self.auth_timeout)
             except asyncio.TimeoutError:
-                await self._error(conn, 404, "auth timeout")
+                await self._send_error(conn, 404, "auth timeout")
                 await conn.ws.close()
                 return False
             if not isinstance(message, dict) or "action" not in message:
-                await self._error(conn, 400, "invalid syntax")
+                await self._send_error(conn, 400, "invalid syntax")
                 continue
             action = message.get("action")
             if action in ("subscribe", "unsubscribe"):
-                await self._error(conn, 401, "not authenticated")
+                await self._send_error(conn, 401, "not authenticated")
                 continue
             if action != "auth":
-                await self._error(conn, 400, "invalid syntax")
+                await self._send_error(conn, 400, "invalid syntax")
                 continue
             if message.get("key") != self.key or message.get("secret") != self.secret:
                 self.auth_failures.append({"code": 402, "path": conn.ws.request.path})
-                await self._error(conn, 402, "auth failed")
+                await self._send_error(conn, 402, "auth failed")
                 await conn.ws.close()
                 return False
             active = sum(1 for f in self._feeds.values() for c in f.connections if c.key == self.key)
             if active >= self.max_connections:
                 self.auth_failures.append({"code": 406, "path": conn.ws.request.path})
-                await self._error(conn, 406, "connection limit exceeded")
+                await self._send_error(conn, 406, "connection limit exceeded")
                 await conn.ws.close()
                 return False
             if conn.kind == "stocks" and conn.feed not in self.feeds:
                 self.auth_failures.append({"code": 409, "path": conn.ws.request.path})
-                await self._error(conn, 409, "insufficient subscription")
+                await self._send_error(conn, 409, "insufficient subscription")
                 await conn.ws.close()
                 return False
             conn.key = self.key
@@ -1140,28 +1145,28 @@ class AlpacaStreamReplay:
 
     async def _on_message(self, conn: _Connection, feed: _Feed, message: Any) -> None:
         if not isinstance(message, dict) or "action" not in message:
-            await self._error(conn, 400, "invalid syntax")
+            await self._send_error(conn, 400, "invalid syntax")
             return
         action = message["action"]
         if action == "auth":
-            await self._error(conn, 403, "already authenticated")
+            await self._send_error(conn, 403, "already authenticated")
             return
         if action not in ("subscribe", "unsubscribe"):
-            await self._error(conn, 400, "invalid syntax")
+            await self._send_error(conn, 400, "invalid syntax")
             return
         requested: dict[str, list[str]] = {}
         for name, value in message.items():
             if name == "action":
                 continue
             if name not in CHANNELS or not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-                await self._error(conn, 400, "invalid syntax")
+                await self._send_error(conn, 400, "invalid syntax")
                 return
             requested[name] = value
         if action == "subscribe" and self.symbol_limit is not None:
             for name in ("trades", "quotes"):
                 wanted = set(self._symbols_of(conn, feed, name)) | set(requested.get(name, []))
                 if "*" not in wanted and len(wanted) > self.symbol_limit:
-                    await self._error(conn, 405, "symbol limit exceeded")
+                    await self._send_error(conn, 405, "symbol limit exceeded")
                     return
         for name, symbols in requested.items():
             mask = conn.subs.setdefault(name, np.zeros(len(feed.symbols), bool))
