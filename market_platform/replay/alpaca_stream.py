@@ -577,7 +577,7 @@ class _Feed:
         pending, self.pending_faults = self.pending_faults, []
         for name, kwargs in pending:
             if name == "malformed":
-                await self._send_malformed(kwargs["kind"])
+                await self._send_malformed(kwargs["what"])
             else:
                 self.pending_faults.append((name, kwargs))
 
@@ -950,7 +950,7 @@ class AlpacaStreamReplay:
         """Send one bad frame (see MALFORMED_KINDS) to every subscriber, before the next data."""
         if malformed_kind not in MALFORMED_KINDS:
             raise InvalidInputError(f"unknown malformed kind {malformed_kind!r}: expected one of {', '.join(MALFORMED_KINDS)}")
-        self._fault("malformed", kind, at, kind=malformed_kind)
+        self._fault("malformed", kind, at, what=malformed_kind)
 
     def duplicate(self, frames: int = 1, *, kind: str | None = None, at: datetime | None = None) -> None:
         """Send each of the next `frames` data frames twice."""
@@ -969,13 +969,10 @@ class AlpacaStreamReplay:
 
         def apply() -> None:
             try:
-                kinds = [kind] if kind else ["stocks", "crypto"]
+                # No kind: every running feed, or the stock feed (started here) when none runs yet.
+                kinds = [kind] if kind else (list(self._feeds) or ["stocks"])
                 for k in kinds:
-                    feed = self._feeds.get(k)
-                    if feed is None:
-                        if kind is None:
-                            continue
-                        feed = self._feed(k)
+                    feed = self._feeds.get(k) or self._feed(k)
                     if at is not None:
                         feed.scheduled.append((_to_ns(at), name, kwargs))
                     else:

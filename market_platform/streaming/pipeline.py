@@ -52,6 +52,7 @@ UTC = timezone.utc
 NS = 1_000_000_000
 _KINDS = ("quotes", "trades", "bars")
 _LAG_SAMPLE = 2048  # rows of a batch whose lag is measured
+_REPLAY_ROWS = 100_000  # spooled batches are replayed merged up to about this many rows
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Pipeline:
         self._last_checkpoint = 0.0
         self._recent_duplicates = 0  # batches to write through the dedupe path
         self._pending: Batch | Op | None = None  # the writer's current item (retried until written)
-        self._pending_seq: int | None = None     # its spool entry, when it came from the spool
+        self._pending_seq: list[int] | None = None  # its spool entries, when it came from the spool
         self._stop_now = False
         self._stop_now_event = threading.Event()
 
@@ -301,25 +302,28 @@ class Pipeline:
                              time.monotonic() - self.db_down_since)
                     self.db_down_since = None
                 backoff = 0.2
+                finished = 1
                 if self._pending_seq is not None:
-                    self.spool.remove(self._pending_seq)
-                    self.replayed += 1
+                    for seq in self._pending_seq:
+                        self.spool.remove(seq)
+                    self.replayed += len(self._pending_seq)
+                    finished = len(self._pending_seq)
                 self._pending, self._pending_seq = None, None
-                self._done()
+                self._done(finished)
         finally:
             if store is not None:
                 store.close()
 
-    def _next_item(self) -> tuple[Batch | Op | None, int | None]:
+    def _next_item(self) -> tuple[Batch | Op | None, list[int] | None]:
         try:
             return self._db.get_nowait(), None
         except queue.Empty:
             pass
         with self._route:
             if self._spooling:
-                entry = self.spool.oldest()
-                if entry is not None:
-                    return _from_entry(entry), entry.seq
+                run = self.spool.oldest_run(_REPLAY_ROWS, _mergeable)
+                if run:
+                    return _merge([_from_entry(e) for e in run]), [e.seq for e in run]
                 if self._db.empty():
                     self._spooling = False
                     log.info("%s: spool drained", self.converter.stream)
@@ -421,6 +425,22 @@ def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
 def _from_jsonable(args: dict[str, Any]) -> dict[str, Any]:
     return {k: datetime.fromisoformat(v["__datetime__"]) if isinstance(v, dict) and "__datetime__" in v else v
             for k, v in args.items()}
+
+
+def _mergeable(entry: SpoolEntry) -> bool:
+    return entry.header.get("type") == "batch" and not entry.header.get("done")
+
+
+def _merge(items: list[Batch | Op]) -> Batch | Op:
+    """Consecutive batches as one (rows keep their order, so a later correction still wins)."""
+    if len(items) == 1:
+        return items[0]
+    tables: dict[str, list[pa.Table]] = {}
+    for item in items:
+        for kind, table in item.tables.items():
+            tables.setdefault(kind, []).append(table)
+    merged = {kind: pa.concat_tables(parts).combine_chunks() for kind, parts in tables.items()}
+    return Batch(merged, min(i.arrived for i in items), max(i.max_event_ns for i in items), retried=True)
 
 
 def _to_entry(item: Batch | Op) -> SpoolEntry:

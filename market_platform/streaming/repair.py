@@ -16,6 +16,7 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Protocol, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -90,8 +91,7 @@ def repair_window(
     keys = fetched.select(["symbol", "ts"]).append_column("__row", pa.array(range(fetched.num_rows), pa.int64()))
     if existing.num_rows:
         keys = keys.join(existing, keys=["symbol", "ts"], join_type="left anti")
-    rows = keys.column("__row").to_numpy()
-    rows.sort()  # the join does not keep the order
+    rows = np.sort(keys.column("__row").to_numpy())  # the join does not keep the order
     missing = fetched.take(pa.array(rows))
     if not missing.num_rows:
         return 0

@@ -17,7 +17,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -112,6 +112,21 @@ class Spool:
         if not seqs:
             return None
         return self.read(seqs[0])
+
+    def oldest_run(self, max_rows: int, mergeable: "Callable[[SpoolEntry], bool]") -> list[SpoolEntry]:
+        """The oldest entry and the mergeable ones right after it, up to about `max_rows` rows
+        (a replay writes them as one batch instead of one transaction each)."""
+        run: list[SpoolEntry] = []
+        rows = 0
+        for seq in self._seqs():
+            entry = self.read(seq)
+            if run and (not mergeable(entry) or not mergeable(run[0])):
+                break
+            run.append(entry)
+            rows += sum(t.num_rows for t in entry.tables.values())
+            if rows >= max_rows:
+                break
+        return run
 
     def read(self, seq: int) -> SpoolEntry:
         path = self.directory / f"{seq:012d}.entry"

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from market_platform import settings
-from market_platform.errors import InvalidInputError, VendorAuthError, VendorError
+from market_platform.errors import DatabaseUnavailableError, InvalidInputError, VendorAuthError, VendorError
 from market_platform.schemas import Source
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming.client import DATA_TYPES, make_client
@@ -344,9 +344,6 @@ class Streamer:
             await self._put(self._gap_op(self._gap.start_ns, max(end_ns, self._gap.start_ns),
                                          self._gap.reason + " (not reconnected before the end)"))
             self._gap = None
-        row = self._stats.snapshot(self._pipeline.depth())
-        self._emit_minute(row)
-        await self._put(Op("stats", row))
 
     async def _finish(self, started: float) -> None:
         cfg = self.config
@@ -354,6 +351,13 @@ class Streamer:
         if not drained:
             log.error("%s: the tick store did not take everything within %.0f s; the rest stays in %s for the next run",
                       cfg.name, cfg.drain_timeout, self._spool.directory)
+        # The last minute's row, complete now that everything is written (an upsert of its minute).
+        row = self._stats.snapshot(0 if drained else self._pipeline.depth())
+        self._emit_minute(row)
+        if drained:
+            drained = await asyncio.get_running_loop().run_in_executor(None, self._write_stats, row)
+        if not drained:
+            self._pipeline.put(Op("stats", row))
         left = self._pipeline.close()
         report = self.report
         if self._repairer is not None:
@@ -378,6 +382,14 @@ class Streamer:
         report.lag_p99_ms = round(p99, 3) if p99 is not None else None
         report.wall_seconds = round(time.monotonic() - started, 3)
         log.info("%s: done: %s", cfg.name, {k: v for k, v in report.summary().items() if k != "repair_failures"})
+
+    def _write_stats(self, row: dict[str, Any]) -> bool:
+        try:
+            with self._store() as store:
+                store.write_stream_stats([row])
+            return True
+        except DatabaseUnavailableError:
+            return False
 
     def _restart_gap(self, store: TickStore) -> _Gap | None:
         """An earlier run of this window stopped at the last event it committed: a gap from there."""
