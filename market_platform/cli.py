@@ -23,6 +23,9 @@ from market_platform.errors import MarketPlatformError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+#: In-process runs started from the CLI log warnings and errors only; the UI has the full log.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 
 def fail_cleanly(fn: Callable) -> Callable:
     """Turn the platform's own errors into one `error:` line and exit status 2."""
@@ -42,6 +45,12 @@ def _store():
     from market_platform.storage.timescale import TickStore
 
     return TickStore.from_settings()
+
+
+def redact(url: str) -> str:
+    from market_platform.storage.timescale import redact as _redact
+
+    return _redact(url)
 
 
 def dagster_env() -> dict[str, str]:
@@ -69,7 +78,7 @@ def db_init() -> None:
     store = _store()
     applied = store.init_schema()
     maintained = store.maintain()
-    click.echo(f"tick store: {store.redacted_url} ({store.variant()})")
+    click.echo(f"tick store: {redact(store.url)} ({store.variant()})")
     click.echo(f"migrations applied: {len(applied)}" + (f" ({', '.join(applied)})" if applied else ""))
     click.echo(f"maintenance: {json.dumps(maintained, default=str)}")
 
@@ -102,7 +111,7 @@ def demo(sessions: int, stocks: int) -> None:
     store = _store()
     applied = store.init_schema()
     store.maintain()
-    click.echo(f"tick store  {store.redacted_url} ({store.variant()}, {len(applied)} migrations applied)")
+    click.echo(f"tick store  {redact(store.url)} ({store.variant()}, {len(applied)} migrations applied)")
 
     os.environ.update(dagster_env())
     os.environ["MARKET_SIM_STOCKS"] = str(stocks)
@@ -116,9 +125,11 @@ def demo(sessions: int, stocks: int) -> None:
     days = calendar.sessions("2004-01-02", last)[-sessions:]
     for day in days:
         t0 = time.monotonic()
-        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance)
+        result = job.execute_in_process(
+            partition_key=day.isoformat(), instance=instance, run_config=QUIET, raise_on_error=False
+        )
         if not result.success:
-            raise MarketPlatformError(f"bars_job failed for {day}: run {result.run_id}")
+            raise MarketPlatformError(f"bars_job failed for {day}: {run_failure_reason(result)}")
         click.echo(f"session {day}  bars_job run {result.run_id[:8]} in {time.monotonic() - t0:.1f}s")
 
     from market_platform.storage.lake import Lake
@@ -136,6 +147,74 @@ def demo(sessions: int, stocks: int) -> None:
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select symbol, count(*) from "
         f"read_parquet('{settings.lake_url()}/minute_bars/*/*.parquet') group by 1 order by 2 desc limit 5\\\"))\""
     )
+
+
+def run_failure_reason(result) -> str:
+    """The innermost error message of a failed in-process run's first failed step."""
+    failures = [event for event in result.all_events if event.is_step_failure]
+    if not failures:
+        return "the run failed before any step ran"
+    error = failures[0].step_failure_data.error
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[-1]
+
+
+def _session_keys(keys: list[str]) -> None:
+    """Refuse a date that is not a session with the calendar's reason, before Dagster sees it."""
+    from market_platform import calendar
+
+    for key in keys:
+        calendar.session(key)
+
+
+@main.command()
+@click.option("--select", required=True, help="Comma-separated asset keys, e.g. minute_bars,bars_5m.")
+@click.option("--partition", required=True, help="Partition key: a session date YYYY-MM-DD.")
+@fail_cleanly
+def materialize(select: str, partition: str) -> None:
+    """Materialize assets for one partition, recorded in the platform's Dagster instance."""
+    import dagster as dg
+
+    from market_platform.definitions import defs
+    from market_platform.errors import InvalidInputError
+
+    definitions = defs()
+    known = {key.to_user_string() for key in definitions.resolve_all_asset_keys()}
+    names = [name.strip() for name in select.split(",") if name.strip()]
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise InvalidInputError(f"unknown assets {unknown}: expected names among {sorted(known)}")
+    _session_keys([partition])
+    os.environ.update(dagster_env())
+    job = definitions.resolve_implicit_job_def_def_for_assets([dg.AssetKey(n) for n in names])
+    job = job.get_subset(asset_selection={dg.AssetKey(n) for n in names})
+    result = job.execute_in_process(
+        partition_key=partition, instance=dg.DagsterInstance.get(), run_config=QUIET, raise_on_error=False
+    )
+    if not result.success:
+        raise MarketPlatformError(f"run {result.run_id} failed: {run_failure_reason(result)}")
+    click.echo(f"materialized {', '.join(names)} for {partition} (run {result.run_id})")
+
+
+@main.command()
+@click.argument("dataset", required=False)
+@fail_cleanly
+def lake(dataset: str | None) -> None:
+    """What the lake holds: every dataset's partitions and rows, or one dataset's partitions."""
+    from market_platform.storage.lake import Lake
+
+    store = Lake.from_settings()
+    if dataset is None:
+        click.echo(f"lake {store.url}")
+        for name in store.datasets():
+            parts = store.partitions(name)
+            click.echo(f"  {name:<14} {len(parts):>6} partitions {store.count(name):>14,} rows")
+        return
+    store.count(dataset)  # validates the name
+    for spec in store.partitions(dataset):
+        label = "/".join(f"{k}={v}" for k, v in spec.items())
+        click.echo(f"{label}  {store.count(dataset, spec):>12,} rows")
 
 
 @main.command()

@@ -10,6 +10,6 @@ from market_platform.defs.resources import default_resources
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
-        dg.load_from_defs_folder(project_root=Path(__file__).resolve().parent.parent),
+        dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent.parent),
         dg.Definitions(resources=default_resources()),
     )

@@ -11,6 +11,10 @@ from market_platform import calendar
 # Saturday and Sunday ticks of the daily cron; holidays are excluded one by one.
 WEEKEND_CRONS = ["0 0 * * 6", "0 0 * * 0"]
 
+#: One run per 10 sessions in a backfill: few enough runs for the UI, small enough to resume.
+#: Assets of one job share it (Dagster falls back to the smallest when they differ).
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=10)
+
 #: Vendors' minute history reaches back to 2004.
 DEFAULT_START = calendar.CALENDAR_START.isoformat()
 

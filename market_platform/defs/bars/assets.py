@@ -7,7 +7,8 @@ import dagster as dg
 import pyarrow as pa
 
 from market_platform.defs.metadata import table_metadata
-from market_platform.defs.partitions import trading_days_def
+from market_platform.errors import PartitionNotFoundError
+from market_platform.defs.partitions import BACKFILL_POLICY, trading_days_def
 from market_platform.defs.resources import LakeResource, SimMarketResource
 from market_platform.defs.universe.assets import STOCK_CATEGORIES, ticker_universe
 from market_platform.storage import rollups
@@ -16,8 +17,16 @@ from market_platform.storage.lake import Lake
 
 def universe_symbols(lake: Lake, day: date) -> list[str]:
     """Symbols of the stock universe snapshot of `day`, as stored by `ticker_universe`."""
-    tables = [lake.read_partition("universe", {"category": c, "date": day.isoformat()}, columns=["symbol"])
-              for c in STOCK_CATEGORIES]
+    try:
+        tables = [
+            lake.read_partition("universe", {"category": c, "date": day.isoformat()}, columns=["symbol"])
+            for c in STOCK_CATEGORIES
+        ]
+    except PartitionNotFoundError:
+        raise PartitionNotFoundError(
+            f"no ticker_universe snapshot for {day.isoformat()} in the lake: materialize "
+            "ticker_universe for that session first"
+        ) from None
     return sorted(pa.concat_tables(tables)["symbol"].to_pylist())
 
 
@@ -26,7 +35,7 @@ def universe_symbols(lake: Lake, day: date) -> list[str]:
     group_name="bars",
     kinds={"parquet"},
     deps=[ticker_universe],
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=10),
+    backfill_policy=BACKFILL_POLICY,
 )
 def minute_bars(
     context: dg.AssetExecutionContext, bars_source: SimMarketResource, lake: LakeResource
@@ -54,7 +63,7 @@ def build_rollup(timeframe: str) -> dg.AssetsDefinition:
         kinds={"parquet", "duckdb"},
         deps=[minute_bars],
         automation_condition=dg.AutomationCondition.eager(),
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=50),
+        backfill_policy=BACKFILL_POLICY,
         description=(
             f"{timeframe} bars rolled up by DuckDB from `minute_bars`: buckets clock-aligned in New "
             "York time like the vendors' own, the daily bar spanning the whole session; one row per "
@@ -78,6 +87,5 @@ bars_5m, bars_15m, bars_1h, bars_1d = (build_rollup(tf) for tf in ("5m", "15m", 
 bars_job = dg.define_asset_job(
     "bars_job",
     selection=[ticker_universe, minute_bars, bars_5m, bars_15m, bars_1h, bars_1d],
-    partitions_def=trading_days_def,
     description="A session's universe, 1-minute bars and their 5m/15m/1h/1d rollups, into the lake.",
 )

@@ -7,7 +7,7 @@ import dagster as dg
 import pyarrow as pa
 
 from market_platform.defs.metadata import table_metadata
-from market_platform.defs.partitions import trading_days_def
+from market_platform.defs.partitions import BACKFILL_POLICY, trading_days_def
 from market_platform.defs.resources import LakeResource, SimMarketResource, TickStoreResource
 
 #: The categories a stock session streams and backfills.
@@ -18,6 +18,7 @@ STOCK_CATEGORIES = ("us_equities", "etf")
     partitions_def=trading_days_def,
     group_name="universe",
     kinds={"parquet", "postgres"},
+    backfill_policy=BACKFILL_POLICY,
 )
 def ticker_universe(
     context: dg.AssetExecutionContext,

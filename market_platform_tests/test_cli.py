@@ -1,0 +1,92 @@
+"""The command lines a user types: `market-platform ...` and Dagster's own CLI, run for real."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from market_platform.storage.lake import Lake
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def env(tmp_path, make_database) -> dict[str, str]:
+    """A user's shell: no vendor keys, a fresh database, a private home, a small simulated market."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "POLYGON_", "MARKET_", "DAGSTER_"))}
+    return {
+        **base,
+        "MARKET_PLATFORM_HOME": str(tmp_path / "home"),
+        "MARKET_DB_URL": make_database("postgres"),
+        "MARKET_SIM_STOCKS": "20",
+    }
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_a_holiday_partition_is_refused_with_the_reason(env):
+    result = run([str(BIN / "market-platform"), "materialize", "--select", "minute_bars", "--partition", "2024-07-04"], env)
+    assert_one_error_line(result, "2024-07-04 is not a trading session", "holiday")
+
+
+def test_an_unknown_dataset_is_refused(env):
+    result = run([str(BIN / "market-platform"), "lake", "minute_barz"], env)
+    assert_one_error_line(result, "unknown lake dataset 'minute_barz'", "minute_bars")
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(env):
+    env = {**env, "MARKET_DB_URL": "postgresql://postgres:s3cret-pw@127.0.0.1:1/market"}
+    result = run([str(BIN / "market-platform"), "db", "status"], env)
+    assert_one_error_line(result, "cannot reach the tick store", "127.0.0.1:1")
+    assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_db_init_then_status(env):
+    first = run([str(BIN / "market-platform"), "db", "init"], env)
+    assert first.returncode == 0, first.stderr
+    assert "migrations applied: 0" not in first.stdout
+    again = run([str(BIN / "market-platform"), "db", "init"], env)
+    assert "migrations applied: 0" in again.stdout
+    status = json.loads(run([str(BIN / "market-platform"), "db", "status"], env).stdout)
+    assert status["variant"] == "postgres"
+    assert "bars_1m" in json.dumps(status)
+
+
+def test_demo_builds_the_last_sessions(env):
+    result = run([str(BIN / "market-platform"), "demo", "--sessions", "1", "--stocks", "20"], env)
+    assert result.returncode == 0, result.stderr
+    assert "built 1 sessions of 20 simulated stocks" in result.stdout
+    lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
+    assert set(lake.datasets()) >= {"minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "universe"}
+
+
+def test_dagster_cli_validates_materializes_and_executes_from_the_repository_root(env):
+    validate = run([str(BIN / "dagster"), "definitions", "validate"], env)
+    assert validate.returncode == 0, validate.stderr[-2000:]
+
+    materialize = run(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "market_platform.definitions",
+         "--select", "ticker_universe,minute_bars", "--partition", "2024-11-29"], env)
+    assert materialize.returncode == 0, materialize.stderr[-2000:]
+    lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
+    assert lake.count("minute_bars", "2024-11-29") > 0
+
+    execute = run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "market_platform.definitions", "-j", "bars_job",
+         "--tags", json.dumps({"dagster/partition": "2024-11-26"})], env)
+    assert execute.returncode == 0, execute.stderr[-2000:]
+    assert lake.count("bars_1d", "2024-11-26") == lake.count("universe", {"category": "us_equities", "date": "2024-11-26"}) + lake.count("universe", {"category": "etf", "date": "2024-11-26"})

@@ -1,0 +1,122 @@
+"""The bars slice through Dagster: universe -> minute bars -> rollups, on a real lake and database."""
+
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+import pyarrow.compute as pc
+import pytest
+
+from market_platform import calendar
+from market_platform.defs.bars.assets import bars_15m, bars_1d, bars_1h, bars_5m, bars_job, minute_bars
+from market_platform.defs.partitions import trading_days_def
+from market_platform.defs.resources import LakeResource, SimMarketResource, TickStoreResource
+from market_platform.defs.universe.assets import ticker_universe
+from market_platform.definitions import defs
+
+ASSETS = [ticker_universe, minute_bars, bars_5m, bars_15m, bars_1h, bars_1d]
+HALF_DAY = "2024-11-29"
+
+SECRET_VARS = (
+    "ALPACA_API_KEY", "ALPACA_SECRET_KEY", "ALPACA_FEED", "POLYGON_API_KEY",
+    "POLYGON_S3_ACCESS_KEY", "POLYGON_S3_SECRET_KEY", "MARKET_DB_URL", "MARKET_LAKE_URL",
+)
+
+
+@pytest.fixture
+def resources(tmp_path, db_url):
+    return {
+        "bars_source": SimMarketResource(n_stocks=20, n_crypto=5, activity=0.02),
+        "lake": LakeResource(url=str(tmp_path / "lake")),
+        "tick_store": TickStoreResource(url=db_url),
+    }
+
+
+def test_definitions_load_with_no_secrets(monkeypatch, tmp_path):
+    for name in SECRET_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MARKET_PLATFORM_HOME", str(tmp_path))
+    definitions = defs()
+    dg.Definitions.validate_loadable(definitions)
+    keys = {key.to_user_string() for key in definitions.resolve_all_asset_keys()}
+    assert {"ticker_universe", "minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d"} <= keys
+    assert definitions.resolve_job_def("bars_job").partitions_def == trading_days_def
+    # Loading must not have started a database or written anything.
+    assert not (tmp_path / "postgres").exists()
+
+
+def test_trading_days_partitions_follow_the_exchange_calendar():
+    keys = trading_days_def.get_partition_keys()
+    assert keys[0] == "2004-01-02"
+    assert len([k for k in keys if k.startswith("2024")]) == 252
+    for holiday in ("2024-07-04", "2024-12-25", "2025-01-09"):  # 2025-01-09: national day of mourning
+        assert holiday not in keys
+    assert HALF_DAY in keys and "2024-11-30" not in keys
+
+
+def test_bars_job_builds_the_lake_and_a_rerun_gives_identical_files(resources):
+    lake = resources["lake"].lake()
+    digests = []
+    job = dg.Definitions(assets=ASSETS, jobs=[bars_job], resources=resources).resolve_job_def("bars_job")
+    for _ in range(2):
+        assert job.execute_in_process(partition_key=HALF_DAY).success
+        digests.append({ds: lake.file_digest(ds, HALF_DAY)
+                        for ds in ("minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d")})
+    assert digests[0] == digests[1]
+
+    sim = resources["bars_source"].market
+    day = date.fromisoformat(HALF_DAY)
+    expected = sim.minute_bars(day, sim.stock_symbols(day))
+    stored = lake.read_partition("minute_bars", HALF_DAY)
+    assert stored.num_rows == expected.num_rows > 0
+    assert stored.equals(expected)
+    # A half day: nothing after the 17:00 after-hours close.
+    session = calendar.session(HALF_DAY)
+    assert pc.max(stored["ts"]).as_py() < session.after_hours_close
+    universe = resources["tick_store"].store().read_arrow(
+        "SELECT symbol FROM universe WHERE snapshot_date = %s", [day]
+    )
+    assert sorted(universe["symbol"].to_pylist()) == sim.stock_symbols(day)
+
+
+def _pandas_rollup(minute: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """An independent resample: clock-aligned buckets in New York, daily = the New York date."""
+    frame = minute.assign(local=minute["ts"].dt.tz_convert("America/New_York"), pv=minute["vwap"] * minute["volume"])
+    grouped = frame.set_index("local").groupby("symbol").resample(rule)
+    out = pd.DataFrame({
+        "open": grouped["open"].first(), "high": grouped["high"].max(), "low": grouped["low"].min(),
+        "close": grouped["close"].last(), "volume": grouped["volume"].sum(),
+        "pv": grouped["pv"].sum(), "trade_count": grouped["trade_count"].sum(), "n": grouped["open"].count(),
+    })
+    out = out[out["n"] > 0].reset_index()
+    out["vwap"] = out["pv"] / out["volume"]
+    out["ts"] = out["local"].dt.tz_convert("UTC")
+    return out.sort_values(["symbol", "ts"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("day", ["2024-11-26", HALF_DAY])
+def test_rollups_equal_an_independent_pandas_resample(resources, day):
+    result = dg.materialize(ASSETS, partition_key=day, resources=resources)
+    assert result.success
+    lake = resources["lake"].lake()
+    minute = lake.read_partition("minute_bars", day).to_pandas()
+    for dataset, rule in (("bars_5m", "5min"), ("bars_15m", "15min"), ("bars_1h", "1h"), ("bars_1d", "1D")):
+        ours = lake.read_partition(dataset, day).to_pandas()
+        theirs = _pandas_rollup(minute, rule)
+        assert len(ours) == len(theirs), dataset
+        assert (ours["symbol"].to_numpy() == theirs["symbol"].to_numpy()).all(), dataset
+        assert (ours["ts"].to_numpy() == theirs["ts"].to_numpy()).all(), dataset
+        for column in ("open", "high", "low", "close", "volume", "trade_count"):
+            assert (ours[column].to_numpy() == theirs[column].to_numpy()).all(), (dataset, column)
+        assert ours["vwap"].to_numpy() == pytest.approx(theirs["vwap"].to_numpy(), rel=1e-12), dataset
+        assert (ours["source"] == "sim").all()
+    daily = lake.read_partition("bars_1d", day)
+    midnight = pd.Timestamp(day, tz="America/New_York").tz_convert("UTC")
+    assert set(daily["ts"].to_pylist()) == {midnight.to_pydatetime()}
+
+
+def test_minute_bars_without_a_universe_snapshot_fails_clearly(resources):
+    result = dg.materialize([minute_bars], partition_key="2024-11-26", resources=resources, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "materialize ticker_universe for that session first" in str(failure.step_failure_data.error)
