@@ -1,0 +1,26 @@
+"""The Alpaca stream as a Dagster resource: keys and feed from the environment, or the replay."""
+
+
+from typing import Optional
+
+import dagster as dg
+
+
+class AlpacaStreamResource(dg.ConfigurableResource):
+    """Alpaca's market-data stream. With `api_key` and `secret_key` (ALPACA_API_KEY,
+    ALPACA_SECRET_KEY) a run streams from Alpaca on `feed` (ALPACA_FEED: iex or sip), or from
+    `stream_url` (ALPACA_STREAM_URL: another endpoint, such as a replay server); with no keys it
+    streams from a replay of the simulated market that it starts itself on loopback."""
+
+    api_key: Optional[str] = None
+    secret_key: Optional[str] = None
+    feed: Optional[str] = None
+    stream_url: Optional[str] = None
+
+    @property
+    def live(self) -> bool:
+        return bool(self.api_key and self.secret_key)
+
+    @property
+    def stock_feed(self) -> str:
+        return self.feed or "iex"
