@@ -161,13 +161,19 @@ def make_client(
     sinks: dict[str, list],
     flush_rows: int,
     fast: bool = True,
+    compression: bool = False,
 ) -> StockDataStream | CryptoDataStream:
     """An alpaca-py stream with `raw_data=True`, subscribed to quotes, trades, bars and updated
     bars of `symbols`, handing each message to `sinks[T]`."""
+    # alpaca-py's own websocket settings (they are replaced as a whole when any is given).
+    params = {"ping_interval": 10, "ping_timeout": 180, "max_queue": 1024,
+              "compression": "deflate" if compression else None}
     if crypto:
-        client: Any = InstrumentedCryptoStream(api_key, secret_key, raw_data=True, url_override=url)
+        client: Any = InstrumentedCryptoStream(api_key, secret_key, raw_data=True, url_override=url,
+                                               websocket_params=params)
     else:
-        client = InstrumentedStockStream(api_key, secret_key, raw_data=True, feed=DataFeed(feed), url_override=url)
+        client = InstrumentedStockStream(api_key, secret_key, raw_data=True, feed=DataFeed(feed), url_override=url,
+                                         websocket_params=params)
     client._listener, client._sinks, client._flush_rows, client._fast = listener, sinks, flush_rows, fast
 
     def handler_for(kind: str) -> Callable[[Any], Awaitable[None]]:

@@ -107,6 +107,7 @@ class Pipeline:
         on_gap: Callable[[int, datetime, datetime], None] | None = None,
         event_to_wall: Callable[[np.ndarray], np.ndarray] | None = None,
         checkpoint: Path | None = None,
+        spool_after: float = 1.0,
     ) -> None:
         self._store_factory = store_factory
         self.converter, self.stats, self.spool = converter, stats, spool
@@ -115,6 +116,7 @@ class Pipeline:
         self._on_gap = on_gap
         self._event_to_wall = event_to_wall
         self._checkpoint = checkpoint
+        self._spool_after = spool_after
         self._route = threading.Lock()
         self._spooling = not spool.empty()
         self._inflight = len(spool)
@@ -122,6 +124,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.committed_event_ns = 0
+        self.first_arrival: float | None = None  # wall time the first message written had arrived
+        self.last_commit: float | None = None    # wall time of the last commit of data
         self.spooled = 0
         self.replayed = 0
         self.db_down_since: float | None = None
@@ -244,6 +248,13 @@ class Pipeline:
         return Batch({"dead_letters": dead_letter_table(rows)} if rows else {}, item.arrived, item.max_event_ns)
 
     def _route_item(self, item: Batch | Op) -> None:
+        if not self._spooling:
+            # A short hiccup is absorbed by backpressure; a database that stays behind gets the spool.
+            try:
+                self._db.put(item, timeout=self._spool_after)
+                return
+            except queue.Full:
+                pass
         with self._route:
             if not self._spooling:
                 try:
@@ -357,6 +368,10 @@ class Pipeline:
                 self._lags(table, committed, item.arrived)
             item.done.add(kind)
         self.committed_event_ns = max(self.committed_event_ns, item.max_event_ns)
+        if item.tables:
+            self.last_commit = time.time()
+            if item.arrived and (self.first_arrival is None or item.arrived < self.first_arrival):
+                self.first_arrival = item.arrived
         self._write_checkpoint()
 
     def _insert(self, store: TickStore, kind: str, table: pa.Table, safe: bool) -> int:

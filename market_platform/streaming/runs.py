@@ -13,7 +13,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -23,6 +23,9 @@ from market_platform.errors import InvalidInputError
 from market_platform.replay.alpaca_stream import AlpacaStreamReplay
 from market_platform.sources.sim import SimMarket
 from market_platform.streaming.repair import MinuteBarsFetcher, sim_fetcher
+
+if TYPE_CHECKING:
+    from market_platform.streaming.streamer import StreamConfig, StreamReport
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +154,51 @@ def endpoint(
         url = replay.url("crypto" if crypto else feed)
         yield Endpoint(url, replay.key, replay.secret, "events" if clock == "auto" else clock, replay,
                        sim_fetcher(market, crypto=crypto))
+
+
+def stream_window(
+    kind: str,
+    day: date | str,
+    *,
+    market: SimMarket,
+    symbols: Sequence[str] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    speed: float | None = 1.0,
+    api_key: str | None = None,
+    secret_key: str | None = None,
+    feed: str = "iex",
+    stream_url: str | None = None,
+    store_url: str | None = None,
+    clock: str = "auto",
+    from_now: bool = False,
+    on_minute: Callable[[dict], None] | None = None,
+    on_start: Callable[[Endpoint, "StreamConfig"], None] | None = None,
+    **settings,
+) -> "StreamReport":
+    """Stream one window of `kind` ("stocks" or "crypto") on `day` into the tick store, from Alpaca
+    (keys given) or a replay of `market` (none); returns the report. `from_now` starts the window
+    at the current time (a live run launched late). `settings` go to StreamConfig (stale_after,
+    repair_delay, change_filter, flush_rows, spool_dir, ...)."""
+    from market_platform.streaming.streamer import StreamConfig, Streamer
+
+    day = calendar.to_date(day)
+    now = datetime.now(UTC) if from_now else None
+    if kind == "crypto":
+        lo, hi = crypto_window(day, now=now)
+        names = list(symbols) if symbols else market.symbols(day, category="crypto")
+        feed = "us"
+    elif kind == "stocks":
+        lo, hi = stock_window(day, start=start, end=end, now=now)
+        names = list(symbols) if symbols else market.stock_symbols(day)
+    else:
+        raise InvalidInputError(f"kind={kind!r}: expected stocks or crypto")
+    with endpoint(kind, api_key=api_key, secret_key=secret_key, feed=feed, stream_url=stream_url, market=market,
+                  day=day, start=lo, end=hi, speed=speed, symbols=names, clock=clock) as ep:
+        config = StreamConfig(symbols=tuple(names), start=lo, end=hi, kind=kind, feed=feed, api_key=ep.api_key,
+                              secret_key=ep.secret_key, url=ep.url, clock=ep.clock, **settings)
+        if on_start is not None:
+            on_start(ep, config)
+        streamer = Streamer(config, store_url=store_url, fetch_minute_bars=ep.fetch_minute_bars,
+                            event_to_wall=ep.event_to_wall, on_minute=on_minute)
+        return streamer.run()

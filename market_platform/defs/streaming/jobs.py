@@ -19,8 +19,8 @@ from market_platform.defs.resources import SimMarketResource, TickStoreResource
 from market_platform.defs.streaming.assets import LIVE_TABLES, live_bars_1m, live_quotes, live_trades
 from market_platform.defs.streaming.resources import AlpacaStreamResource
 from market_platform.storage.timescale import TickStore
-from market_platform.streaming import StreamConfig, Streamer, StreamReport
-from market_platform.streaming.runs import crypto_window, endpoint, is_loopback, stock_window
+from market_platform.streaming import StreamReport
+from market_platform.streaming.runs import is_loopback, stream_window
 
 UTC = timezone.utc
 
@@ -63,32 +63,25 @@ def run_stream(context: dg.OpExecutionContext, kind: str, config: StreamRunConfi
     day = config.day or _today(kind)
     store = tick_store.store()
     live = alpaca_stream.live and not is_loopback(alpaca_stream.stream_url)
-    # A live feed, or a replay in real time of today, starts from now; a replay of the past from the start.
-    from_now = (live or config.speed == 1.0) and day == _today(kind)
-    now = datetime.now(UTC) if from_now else None
-    market = bars_source.market
-    if kind == "crypto":
-        start, end = crypto_window(day, now=now)
-        symbols = config.symbols or market.symbols(day, category="crypto")
-    else:
-        start, end = stock_window(day, start=config.start, end=config.end, now=now)
-        symbols = config.symbols or _universe(store, day) or market.stock_symbols(day)
-    feed = "us" if kind == "crypto" else alpaca_stream.stock_feed
-    with endpoint(kind, api_key=alpaca_stream.api_key, secret_key=alpaca_stream.secret_key, feed=feed,
-                  stream_url=alpaca_stream.stream_url, market=market, day=calendar.to_date(day), start=start,
-                  end=end, speed=config.speed or None, symbols=symbols, clock=config.clock) as ep:
-        stream_config = StreamConfig(
-            symbols=tuple(symbols), start=start, end=end, kind=kind, feed=feed, api_key=ep.api_key,
-            secret_key=ep.secret_key, url=ep.url, clock=ep.clock, stale_after=config.stale_after_seconds,
-            repair_delay=config.repair_delay_seconds, change_filter=config.change_filter,
-        )
+    symbols = config.symbols or (_universe(store, day) if kind == "stocks" else None)
+    reporter = _Reporter(context, kind, day, config.report_every_minutes)
+
+    def started(ep, stream_config) -> None:
+        source = "Alpaca" if live else "a replay"
         context.log.info(
-            f"streaming {len(symbols)} {kind} symbols from {'a replay' if ep.replay or not live else 'Alpaca'} "
-            f"({ep.url or 'Alpaca ' + feed}), {start:%Y-%m-%d %H:%M} .. {end:%H:%M} UTC, {ep.clock} clock")
-        reporter = _Reporter(context, kind, day, config.report_every_minutes)
-        streamer = Streamer(stream_config, store_url=store.url, fetch_minute_bars=ep.fetch_minute_bars,
-                            event_to_wall=ep.event_to_wall, on_minute=reporter)
-        report = streamer.run()
+            f"streaming {len(stream_config.symbols)} {kind} symbols from {source} ({ep.url or 'Alpaca'}), "
+            f"{stream_config.start:%Y-%m-%d %H:%M} .. {stream_config.end:%H:%M} UTC, {ep.clock} clock")
+
+    report = stream_window(
+        kind, day, market=bars_source.market, symbols=symbols, start=config.start, end=config.end,
+        speed=config.speed or None, api_key=alpaca_stream.api_key, secret_key=alpaca_stream.secret_key,
+        feed=alpaca_stream.stock_feed, stream_url=alpaca_stream.stream_url, store_url=store.url,
+        clock=config.clock,
+        # A live feed, or a replay in real time of today, starts from now; a replay of the past from the start.
+        from_now=(live or config.speed == 1.0) and day == _today(kind),
+        on_minute=reporter, on_start=started, stale_after=config.stale_after_seconds,
+        repair_delay=config.repair_delay_seconds, change_filter=config.change_filter,
+    )
     reporter.final(report)
     context.log.info(f"{report.stream}: {report.summary()}")
     return report
