@@ -238,3 +238,15 @@ def test_a_killed_stream_relaunched_by_the_sensor_leaves_only_its_gap(
     outside_keys = set(zip(outside["symbol"].to_pylist(), us, outside["seq"].to_pylist()))
     assert outside_keys <= stored_keys
     assert len(stored_keys) == stored.num_rows < quotes.num_rows
+
+
+def test_market_platform_stream_command(stream_db, tmp_path) -> None:
+    env = _dagster_env(tmp_path, stream_db)
+    args = [str(BIN / "market-platform"), "stream", "--day", "2024-11-26", "--start", "11:00", "--end", "11:03",
+            "--stocks", "10", "--activity", "0.05"]
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["quotes"] == db_rows(stream_db, "SELECT count(*) AS n FROM quotes")[0]["n"] > 0
+    holiday = subprocess.run(args[:3] + ["2024-07-04"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert holiday.returncode == 2 and holiday.stderr.strip() == "error: 2024-07-04 is not a trading session (an exchange holiday)"
