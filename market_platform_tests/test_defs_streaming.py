@@ -250,3 +250,20 @@ def test_market_platform_stream_command(stream_db, tmp_path) -> None:
     assert summary["quotes"] == db_rows(stream_db, "SELECT count(*) AS n FROM quotes")[0]["n"] > 0
     holiday = subprocess.run(args[:3] + ["2024-07-04"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert holiday.returncode == 2 and holiday.stderr.strip() == "error: 2024-07-04 is not a trading session (an exchange holiday)"
+
+
+def test_live_tables_are_fresh_only_if_reported_on_lately_during_a_session(stream_db) -> None:
+    from datetime import timedelta
+
+    from market_platform.defs.streaming.checks import freshness, live_tables_fresh, live_tables_freshness_job
+
+    in_session = datetime(2024, 11, 26, 15, 0, tzinfo=UTC)
+    assert freshness(datetime(2024, 11, 27, 2, 0, tzinfo=UTC), None) == (True, "no session is open")
+    assert freshness(datetime(2024, 11, 26, 9, 5, tzinfo=UTC), None)[0]  # 04:05 New York: just opened
+    assert freshness(in_session, None) == (False, "never reported on")
+    assert freshness(in_session, in_session - timedelta(minutes=3))[0]
+    assert not freshness(in_session, in_session - timedelta(minutes=30))[0]
+    definitions = dg.Definitions(assets=list(LIVE_TABLES), asset_checks=[live_tables_fresh],
+                                 jobs=[live_tables_freshness_job])
+    result = definitions.resolve_job_def("live_tables_freshness_job").execute_in_process()
+    assert result.success and len(result.get_asset_check_evaluations()) == 3

@@ -292,66 +292,57 @@ def _np(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False) if isinstance(column, pa.Array) else column.to_numpy()
 
 
-def encode_quotes(table: pa.Table, symbols: pa.Array, *, crypto: bool) -> _Encoded:
-    """Quote messages (`T: q`) of a QUOTES table; crypto quotes have no venues, conditions or tape."""
-    n = table.num_rows
-    rows = _Rows(n, 7 if crypto else 11)
-    rows.key("T"), rows.const(_fixstr("q"))
+def _begin(table: pa.Table, kind: str, fields: int) -> _Rows:
+    rows = _Rows(table.num_rows, fields)
+    rows.key("T"), rows.const(_fixstr(kind))
     rows.strings("S", table.column("symbol"))
-    if not crypto:
-        rows.strings("bx", table.column("bid_exchange"))
-    rows.f64("bp", _np(table.column("bid_price")))
-    rows.number("bs", _np(table.column("bid_size")))
-    if not crypto:
-        rows.strings("ax", table.column("ask_exchange"))
-    rows.f64("ap", _np(table.column("ask_price")))
-    rows.number("as", _np(table.column("ask_size")))
-    if not crypto:
+    return rows
+
+
+def _end(rows: _Rows, table: pa.Table, channel: str, symbols: pa.Array, *, conditions: bool,
+         sort_ts: np.ndarray | None = None) -> _Encoded:
+    """Conditions and tape (stock quotes and trades), the timestamp last, and the encoded rows."""
+    if conditions:
         rows.strings("c", table.column("conditions"), as_list=True)
         rows.strings("z", table.column("tape"))
     ts = _ts_ns(table.column("ts"))
     rows.timestamp("t", ts)
     data, offsets = rows.build()
-    return _Encoded(data, offsets, np.full(n, _CHANNEL_CODE["quotes"]), _symbol_codes(table.column("symbol"), symbols), ts)
+    return _Encoded(data, offsets, np.full(table.num_rows, _CHANNEL_CODE[channel]),
+                    _symbol_codes(table.column("symbol"), symbols), ts if sort_ts is None else sort_ts)
+
+
+def encode_quotes(table: pa.Table, symbols: pa.Array, *, crypto: bool) -> _Encoded:
+    """Quote messages (`T: q`) of a QUOTES table; crypto quotes have no venues, conditions or tape."""
+    rows = _begin(table, "q", 7 if crypto else 11)
+    for venue, price, size, side in (("bx", "bp", "bs", "bid"), ("ax", "ap", "as", "ask")):
+        if not crypto:
+            rows.strings(venue, table.column(f"{side}_exchange"))
+        rows.f64(price, _np(table.column(f"{side}_price")))
+        rows.number(size, _np(table.column(f"{side}_size")))
+    return _end(rows, table, "quotes", symbols, conditions=not crypto)
 
 
 def encode_trades(table: pa.Table, symbols: pa.Array, *, crypto: bool) -> _Encoded:
-    """Trade messages (`T: t`) of a TRADES table."""
-    n = table.num_rows
-    rows = _Rows(n, 6 if crypto else 9)
-    rows.key("T"), rows.const(_fixstr("t"))
-    rows.strings("S", table.column("symbol"))
+    """Trade messages (`T: t`) of a TRADES table; crypto trades have no venue, conditions or tape."""
+    rows = _begin(table, "t", 6 if crypto else 9)
     rows.u64("i", _np(table.column("trade_id")))
     if not crypto:
         rows.strings("x", table.column("exchange"))
     rows.f64("p", _np(table.column("price")))
     rows.number("s", _np(table.column("size")))
-    if not crypto:
-        rows.strings("c", table.column("conditions"), as_list=True)
-        rows.strings("z", table.column("tape"))
-    ts = _ts_ns(table.column("ts"))
-    rows.timestamp("t", ts)
-    data, offsets = rows.build()
-    return _Encoded(data, offsets, np.full(n, _CHANNEL_CODE["trades"]), _symbol_codes(table.column("symbol"), symbols), ts)
+    return _end(rows, table, "trades", symbols, conditions=not crypto)
 
 
 def encode_bars(table: pa.Table, symbols: pa.Array, *, kind: str = "b", sort_ts: np.ndarray | None = None) -> _Encoded:
     """Bar messages (`T: b`, or `u` for corrections) of a BARS table; `t` is the minute's start."""
-    n = table.num_rows
-    rows = _Rows(n, 10)
-    rows.key("T"), rows.const(_fixstr(kind))
-    rows.strings("S", table.column("symbol"))
+    rows = _begin(table, kind, 10)
     for key, name in (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close")):
         rows.f64(key, _np(table.column(name)))
     rows.number("v", _np(table.column("volume")))
-    ts = _ts_ns(table.column("ts"))
-    rows.timestamp("t", ts)
     rows.u32("n", _np(table.column("trade_count")))
     rows.f64("vw", _np(table.column("vwap")))
-    data, offsets = rows.build()
-    channel = _CHANNEL_CODE["bars" if kind == "b" else "updatedBars"]
-    return _Encoded(data, offsets, np.full(n, channel), _symbol_codes(table.column("symbol"), symbols),
-                    ts if sort_ts is None else sort_ts)
+    return _end(rows, table, "bars" if kind == "b" else "updatedBars", symbols, conditions=False, sort_ts=sort_ts)
 
 
 def _json_frame(frame: bytes) -> str:

@@ -15,6 +15,19 @@ MAX_AGE = timedelta(minutes=10)
 CHECK_NAME = "fresh_during_session"
 
 
+def freshness(now: datetime, last_report: datetime | None) -> tuple[bool, str]:
+    """Whether a live table reported on at `last_report` is fresh at `now`, and why."""
+    session = calendar.default_calendar().session_at(now)
+    if session is None:
+        return True, "no session is open"
+    if now - session.start < MAX_AGE:
+        return True, "the session has just opened"
+    if last_report is None:
+        return False, "never reported on"
+    age = now - last_report
+    return age <= MAX_AGE, f"last reported on {age.total_seconds():.0f} s ago"
+
+
 @dg.multi_asset_check(
     specs=[dg.AssetCheckSpec(CHECK_NAME, asset=spec.key, description=f"Reported on within {MAX_AGE} while a session is open")
            for spec in LIVE_TABLES],
@@ -23,19 +36,12 @@ def live_tables_fresh(context: dg.AssetCheckExecutionContext):
     """Passes outside sessions and in a session's first minutes; fails when a live table's last report
     is older than MAX_AGE while the session is open."""
     now = datetime.now(UTC)
-    session = calendar.default_calendar().session_at(now)
     for spec in LIVE_TABLES:
-        if session is None or now - session.start < MAX_AGE:
-            yield dg.AssetCheckResult(asset_key=spec.key, check_name=CHECK_NAME, passed=True,
-                                      metadata={"why": "no session open long enough"})
-            continue
         event = context.instance.get_latest_materialization_event(spec.key)
-        age = now - datetime.fromtimestamp(event.timestamp, UTC) if event is not None else None
-        yield dg.AssetCheckResult(
-            asset_key=spec.key, check_name=CHECK_NAME, passed=age is not None and age <= MAX_AGE,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"last_report_age_seconds": age.total_seconds() if age is not None else -1.0},
-        )
+        last = datetime.fromtimestamp(event.timestamp, UTC) if event is not None else None
+        passed, why = freshness(now, last)
+        yield dg.AssetCheckResult(asset_key=spec.key, check_name=CHECK_NAME, passed=passed,
+                                  severity=dg.AssetCheckSeverity.WARN, metadata={"why": why})
 
 
 live_tables_freshness_job = dg.define_asset_job(
