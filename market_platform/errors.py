@@ -4,13 +4,15 @@
     ├── ConfigError                  a setting or URL is wrong (names the variable, never a secret)
     ├── InvalidInputError            a user asked for something that cannot exist
     │   ├── NotASessionError         a date that is not a trading session
-    │   └── UnknownDatasetError      a lake dataset that is not defined
+    │   ├── UnknownDatasetError      a lake dataset that is not defined
+    │   └── UnknownSymbolError       a ticker the vendor does not list
     ├── StorageError
     │   ├── DatabaseUnavailableError the tick store cannot be reached
     │   └── LakeError                a lake read or write failed
     │       └── PartitionNotFoundError   the lake has no such partition
     └── VendorError                  a market data vendor refused or failed a request
         ├── VendorAuthError          401/403 from REST, 402/409 on a stream: fix the key or plan
+        ├── VendorNotFoundError      the vendor has no such object (a flat file not published yet)
         └── VendorUnavailableError   retries exhausted on 429/5xx or a network failure
 
 Every message names the offending value and what was expected; none carries a secret.
@@ -37,6 +39,10 @@ class UnknownDatasetError(InvalidInputError):
     """The lake has no dataset of that name."""
 
 
+class UnknownSymbolError(InvalidInputError):
+    """A ticker the vendor does not list (on the day asked about)."""
+
+
 class StorageError(MarketPlatformError):
     """A storage operation failed."""
 
@@ -59,6 +65,10 @@ class VendorError(MarketPlatformError):
 
 class VendorAuthError(VendorError):
     """The vendor rejected the credentials or the plan does not include the data."""
+
+
+class VendorNotFoundError(VendorError):
+    """The vendor has no such object, e.g. a flat file that is not published (yet)."""
 
 
 class VendorUnavailableError(VendorError):

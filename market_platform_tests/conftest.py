@@ -4,5 +4,6 @@ pytest_plugins: list[str] = [
     "market_platform_tests.fixtures.db",
     "market_platform_tests.fixtures.lake",
     "market_platform_tests.fixtures.sim",
+    "market_platform_tests.fixtures.replay",
     "market_platform_tests.fixtures.stream",
 ]

@@ -1,0 +1,299 @@
+"""Alpaca REST on loopback: market data and the trading API's reference endpoints on one server,
+as alpaca-py expects them (PROTOCOLS.md, section B).
+
+Endpoints: `/v2/stocks/bars`, `/v1beta3/crypto/us/bars` (multi-symbol, `limit` across symbols,
+`page_token` pagination with `next_page_token` always present), `/v2/assets` and
+`/v2/assets/{symbol}`, `/v2/calendar`, `/v2/clock`. Authentication by `APCA-API-KEY-ID` and
+`APCA-API-SECRET-KEY`; crypto data needs none, as at Alpaca. A key id in `sip_denied` gets 403 on
+`feed=sip`, as a free plan does.
+
+Bars are sorted by symbol, then time; a symbol with no bars is absent. `start` and `end` are
+inclusive and apply to the bar's start; a date alone means that New York day. Daily bars are
+stamped at midnight New York (stocks) or UTC (crypto).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from market_platform import calendar
+from market_platform.errors import InvalidInputError
+from market_platform.replay.data import ReplayData, aggregate, days_between, zone
+from market_platform.replay.http import HttpError, ReplayHTTPServer, Reply, Request
+from market_platform.schemas import BARS, TS
+
+UTC = timezone.utc
+_TIMEFRAME = re.compile(r"^(\d+)(Min|T|Hour|H|Day|D)$")
+_UNITS = {"Min": ("minute", 59), "T": ("minute", 59), "Hour": ("hour", 23), "H": ("hour", 23),
+          "Day": ("day", 1), "D": ("day", 1)}
+_STOCK_SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,20}$")
+_CRYPTO_SYMBOL = re.compile(r"^[A-Z0-9]{1,15}/[A-Z0-9]{1,15}$")
+_FEEDS = ("sip", "iex", "otc", "boats", "delayed_sip")
+_ADJUSTMENTS = {"raw", "split", "dividend", "spin-off", "all"}
+#: Listing MIC -> the exchange name alpaca-py's enum accepts.
+EXCHANGES = {"XNYS": "NYSE", "XNAS": "NASDAQ", "XASE": "AMEX", "ARCX": "ARCA", "BATS": "BATS", "OTCM": "OTC"}
+_ASSET_IDS = uuid.UUID("6f1c0a8e-4a47-4d0e-9d43-5e2f7f1b8a10")
+SIP_DENIED = "subscription does not permit querying recent SIP data"
+
+
+def asset_id(symbol: str) -> str:
+    """A stable UUID per symbol, as Alpaca's asset ids are."""
+    return str(uuid.uuid5(_ASSET_IDS, symbol))
+
+
+class AlpacaReplay(ReplayHTTPServer):
+    """Alpaca's data and trading REST APIs on 127.0.0.1, serving `data`.
+
+    `keys` maps key ids to secrets; `page_cap` bounds a page below the client's `limit` (the real
+    API's cap is 10,000), so tests can page through small data."""
+
+    vendor = "Alpaca"
+
+    def __init__(self, data: ReplayData, *, keys: Mapping[str, str], sip_denied: Iterable[str] = (),
+                 page_cap: int = 10_000, **options: Any) -> None:
+        super().__init__(data, **options)
+        self.keys, self.sip_denied, self.page_cap = dict(keys), frozenset(sip_denied), page_cap
+        self.route(r"/v2/stocks/bars", lambda request: self.bars(request, "stocks"))
+        self.route(r"/v1beta3/crypto/us/bars", lambda request: self.bars(request, "crypto"))
+        self.route(r"/v2/assets", self.assets)
+        self.route(r"/v2/assets/(.+)", self.asset)
+        self.route(r"/v2/calendar", self.calendar)
+        self.route(r"/v2/clock", self.clock_now)
+
+    # ----------------------------------------------------------------------- vendor specifics
+
+    def authenticate(self, request: Request) -> str | None:
+        key_id = request.headers.get("APCA-API-KEY-ID")
+        secret = request.headers.get("APCA-API-SECRET-KEY")
+        if not key_id and not secret and request.path.startswith("/v1beta3/crypto/"):
+            return None  # crypto market data needs no key
+        if not key_id or self.keys.get(key_id) != secret:
+            raise HttpError(401, {"code": 40110000, "message": "request is not authorized"})
+        return key_id
+
+    def error_body(self, status: int, message: str) -> Any:
+        if status == 429:
+            return {"code": 42910000, "message": "rate limit exceeded"}
+        if status == 403:
+            return {"code": 40310000, "message": message or "forbidden"}
+        if status == 404:
+            return {"code": 40410000, "message": message or "not found"}
+        if status >= 500:
+            return {"code": 50010000, "message": message or "internal server error"}
+        return {"code": 40010001, "message": message}
+
+    def throttle_headers(self) -> dict[str, str]:
+        limit = self.rate_limit.calls or 0
+        reset = int(self.now().timestamp() + self.rate_limit.window)
+        return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)}
+
+    def _today(self) -> date:
+        return self.now().astimezone(calendar.NEW_YORK).date()
+
+    # ----------------------------------------------------------------------- bars
+
+    def bars(self, request: Request, kind: str) -> Reply:
+        q = request.query
+        symbols = sorted({s.strip() for s in (q.get("symbols") or "").split(",") if s.strip()})
+        if not symbols:
+            raise InvalidInputError("missing symbols")
+        pattern = _CRYPTO_SYMBOL if kind == "crypto" else _STOCK_SYMBOL
+        for s in symbols:
+            if not pattern.match(s):
+                raise InvalidInputError(f"invalid symbol: {s}")
+        unit, multiplier = _timeframe(q.get("timeframe"))
+        start = _time(q.get("start"), end=False) if q.get("start") else \
+            datetime.combine(self._today(), datetime.min.time(), tzinfo=calendar.NEW_YORK).astimezone(UTC)
+        end = _time(q.get("end"), end=True) if q.get("end") else self.now()
+        if start > end:
+            raise InvalidInputError("end should not be before start")
+        limit = int(q.get("limit") or 1000)
+        if not 1 <= limit <= 10_000:
+            raise InvalidInputError(f"invalid limit: {limit} (expected 1 to 10000)")
+        order = q.get("sort") or "asc"
+        if order not in ("asc", "desc"):
+            raise InvalidInputError(f"invalid sort: {order}")
+        if kind == "stocks":
+            feed = q.get("feed") or "sip"
+            if feed not in _FEEDS:
+                raise InvalidInputError(f"invalid feed: {feed}")
+            if feed == "sip" and request.headers.get("APCA-API-KEY-ID") in self.sip_denied:
+                raise HttpError(403, {"message": SIP_DENIED})
+            adjustment = q.get("adjustment") or "raw"
+            if not set(adjustment.split(",")) <= _ADJUSTMENTS:
+                raise InvalidInputError(f"invalid adjustment: {adjustment}")
+        after_symbol, after_ts = _token(q.get("page_token"))
+        room = min(limit, self.page_cap)
+        out: dict[str, list[dict[str, Any]]] = {}
+        token = None
+        for s in symbols:
+            if after_symbol is not None and s < after_symbol:
+                continue
+            table = self._bars(s, start, end, unit, multiplier, kind)
+            ts = pc.cast(table.column("ts"), pa.int64()).to_numpy()
+            order_index = np.arange(len(ts)) if order == "asc" else np.arange(len(ts))[::-1]
+            if s == after_symbol and after_ts is not None:
+                order_index = order_index[ts[order_index] >= after_ts] if order == "asc" else \
+                    order_index[ts[order_index] <= after_ts]
+            if not len(order_index):
+                continue
+            if room == 0:
+                token = _make_token(s, int(ts[order_index[0]]))
+                break
+            chosen = order_index[:room]
+            out[s] = _bar_dicts(table.take(pa.array(chosen)))
+            room -= len(chosen)
+            if len(chosen) < len(order_index):
+                token = _make_token(s, int(ts[order_index[len(chosen)]]))
+                break
+        return Reply(200, {"bars": out, "next_page_token": token})
+
+    def _bars(self, symbol: str, start: datetime, end: datetime, unit: str, multiplier: int, kind: str) -> pa.Table:
+        minutes = [self.data.minute_bars([symbol], day) for day in days_between(start, end, kind)]
+        table = pa.concat_tables(minutes) if minutes else BARS.empty_table()
+        bars = aggregate(table, unit, multiplier, tz=zone(kind))
+        ts = bars.column("ts")
+        return bars.filter(pc.and_(pc.greater_equal(ts, pa.scalar(start, TS)), pc.less_equal(ts, pa.scalar(end, TS))))
+
+    # ----------------------------------------------------------------------- trading API
+
+    def _asset_rows(self, asset_class: str, day: date) -> list[dict[str, Any]]:
+        categories = {"us_equity": ("us_equities", "etf", "otc"), "crypto": ("crypto",)}.get(asset_class, ())
+        rows = []
+        for category in categories:
+            for r in self.data.universe(category, day, include_inactive=True).to_pylist():
+                crypto = category == "crypto"
+                otc = category == "otc"
+                rows.append({
+                    "id": asset_id(r["symbol"]), "class": asset_class,
+                    "exchange": "CRYPTO" if crypto else EXCHANGES.get(r["exchange"] or "", ""),
+                    "symbol": r["symbol"], "name": r["name"] or r["symbol"],
+                    "status": "active" if r["active"] else "inactive", "tradable": bool(r["active"]),
+                    "marginable": not (crypto or otc), "shortable": not (crypto or otc),
+                    "easy_to_borrow": not (crypto or otc), "fractionable": not otc,
+                    "maintenance_margin_requirement": 100 if crypto or otc else 30,
+                    "margin_requirement_long": "100" if crypto or otc else "30",
+                    "margin_requirement_short": "100" if crypto or otc else "30",
+                    "attributes": [],
+                })
+        return rows
+
+    def assets(self, request: Request) -> Reply:
+        q = request.query
+        asset_class = q.get("asset_class") or "us_equity"
+        if asset_class not in ("us_equity", "us_option", "crypto", "crypto_perp"):
+            raise InvalidInputError(f"invalid asset_class: {asset_class}")
+        rows = self._asset_rows(asset_class, self._today())
+        if q.get("status"):
+            rows = [r for r in rows if r["status"] == q["status"]]
+        if q.get("exchange"):
+            rows = [r for r in rows if r["exchange"] == q["exchange"]]
+        return Reply(200, sorted(rows, key=lambda r: r["symbol"]))
+
+    def asset(self, request: Request, wanted: str) -> Reply:
+        day = self._today()
+        for asset_class in ("us_equity", "crypto"):
+            for row in self._asset_rows(asset_class, day):
+                if wanted in (row["symbol"], row["id"], row["symbol"].replace("/", "")):
+                    return Reply(200, row)
+        raise HttpError(404, {"code": 40410000, "message": f"asset not found for {wanted}"})
+
+    def calendar(self, request: Request) -> Reply:
+        cal = calendar.default_calendar()
+        start = calendar.to_date(request.query["start"]) if request.query.get("start") else cal.start
+        end = calendar.to_date(request.query["end"]) if request.query.get("end") else cal.end
+        start, end = max(start, cal.start), min(end, cal.end)
+        if start > end:
+            return Reply(200, [])
+        days = cal.sessions(start, end)
+        out = []
+        for day in days:
+            session = cal.session(day)
+            local = {name: getattr(session, name).astimezone(calendar.NEW_YORK)
+                     for name in ("premarket_open", "regular_open", "regular_close", "after_hours_close")}
+            settlement = cal.next_session(day) if day < cal.end else day
+            out.append({
+                "date": day.isoformat(), "open": local["regular_open"].strftime("%H:%M"),
+                "close": local["regular_close"].strftime("%H:%M"),
+                "session_open": local["premarket_open"].strftime("%H%M"),
+                "session_close": local["after_hours_close"].strftime("%H%M"),
+                "settlement_date": settlement.isoformat(),
+            })
+        return Reply(200, out)
+
+    def clock_now(self, request: Request) -> Reply:
+        now = self.now()
+        cal = calendar.default_calendar()
+        session = cal.session_at(now)
+        is_open = session is not None and session.phase_at(now) == "regular"
+        next_open = cal.next_open(now, phase="regular")
+        if is_open:
+            next_close = session.regular_close
+        else:
+            next_close = cal.session(next_open.astimezone(calendar.NEW_YORK).date()).regular_close
+        ny = calendar.NEW_YORK
+        return Reply(200, {"timestamp": now.astimezone(ny).isoformat(), "is_open": is_open,
+                           "next_open": next_open.astimezone(ny).isoformat(),
+                           "next_close": next_close.astimezone(ny).isoformat()})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _timeframe(text: str | None) -> tuple[str, int]:
+    match = _TIMEFRAME.match(text or "")
+    if not match:
+        raise InvalidInputError(f"invalid timeframe: {text}")
+    amount, unit_name = int(match.group(1)), match.group(2)
+    unit, most = _UNITS[unit_name]
+    if not 1 <= amount <= most:
+        raise InvalidInputError(f"invalid timeframe: {text}")
+    return unit, amount
+
+
+def _time(text: str, *, end: bool) -> datetime:
+    """RFC-3339 (up to nanoseconds) or YYYY-MM-DD (the New York day: its start, or its end)."""
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        day = calendar.to_date(text) + timedelta(days=1 if end else 0)
+        instant = datetime.combine(day, datetime.min.time(), tzinfo=calendar.NEW_YORK).astimezone(UTC)
+        return instant - timedelta(microseconds=1) if end else instant
+    cleaned = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+    try:
+        instant = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise InvalidInputError(f"invalid time: {text}") from None
+    if instant.tzinfo is None:
+        raise InvalidInputError(f"invalid time: {text} (no time zone)")
+    return instant.astimezone(UTC)
+
+
+def _make_token(symbol: str, ts_ns: int) -> str:
+    return base64.b64encode(f"{symbol}|{ts_ns}".encode()).decode()
+
+
+def _token(text: str | None) -> tuple[str | None, int | None]:
+    if not text:
+        return None, None
+    try:
+        symbol, _, ts = base64.b64decode(text).decode().rpartition("|")
+        return symbol, int(ts)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInputError(f"invalid page_token: {text}") from None
+
+
+def _bar_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    ts = pc.cast(table.column("ts"), pa.int64()).to_numpy()
+    stamps = [t + "Z" for t in np.datetime_as_string(ts.view("M8[ns]"), unit="s").tolist()]
+    volume = table.column("volume").to_pylist()
+    columns = [table.column(name).to_pylist() for name in ("open", "high", "low", "close", "trade_count", "vwap")]
+    return [{"t": t, "o": o, "h": h, "l": lo, "c": c, "v": int(v) if float(v).is_integer() else v, "n": n, "vw": vw}
+            for t, o, h, lo, c, n, vw, v in zip(stamps, *columns, volume, strict=True)]

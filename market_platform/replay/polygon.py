@@ -1,0 +1,469 @@
+"""Polygon (Massive) REST on loopback, as polygon-api-client expects it (PROTOCOLS.md, section C).
+
+Endpoints: aggregates (`/v2/aggs/ticker/...`), reference tickers and their types, options
+contracts, the stocks snapshot and the market status. Authentication by `Authorization: Bearer`
+or `?apiKey=`; a key in `unentitled_keys` authenticates but gets 403 on market data, like a plan
+without it. 429 bodies carry no Retry-After, as the vendor's.
+
+Pagination follows the vendor: aggregates cut pages at `limit` base (minute or daily)
+aggregates and continue with the next window in the path and a cursor of the remaining query;
+reference lists continue with `?cursor=` alone, a base64url of every filter and the offset. The
+last page has no `next_url` key at all.
+
+Quirks kept on purpose: an unknown ticker gets 200 with no `results` (as for a ticker that did not
+trade), days are New York days for stocks and UTC days for crypto, and day bars are stamped at
+local midnight.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from market_platform import calendar
+from market_platform.errors import InvalidInputError
+from market_platform.replay.data import (
+    AGG_BARS,
+    ReplayData,
+    aggregate,
+    days_between,
+    day_bounds,
+    kind_of,
+    zone,
+)
+from market_platform.replay.http import HttpError, ReplayHTTPServer, Reply, Request, key_label
+from market_platform.schemas import BARS, TS
+from market_platform.sources import symbols as sym
+
+UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MS = re.compile(r"\d{1,15}")
+_TIMESPANS = ("minute", "hour", "day")
+
+#: Polygon market -> the platform's categories in it, and the locale it reports.
+MARKETS: dict[str, tuple[tuple[str, ...], str]] = {
+    "stocks": (("us_equities", "etf"), "us"),
+    "otc": (("otc",), "us"),
+    "crypto": (("crypto",), "global"),
+    "fx": (("fx",), "global"),
+    "indices": (("indices",), "us"),
+}
+
+TICKER_TYPES = (
+    ("CS", "Common Stock", "stocks"), ("PFD", "Preferred Stock", "stocks"), ("WARRANT", "Warrant", "stocks"),
+    ("RIGHT", "Rights", "stocks"), ("BOND", "Corporate Bond", "stocks"), ("ETF", "Exchange Traded Fund", "stocks"),
+    ("ETN", "Exchange Traded Note", "stocks"), ("SP", "Structured Product", "stocks"),
+    ("ADRC", "American Depository Receipt Common", "stocks"), ("ADRW", "American Depository Receipt Warrants", "stocks"),
+    ("ADRR", "American Depository Receipt Rights", "stocks"), ("FUND", "Fund", "stocks"),
+    ("BASKET", "Basket", "stocks"), ("UNIT", "Unit", "stocks"), ("LT", "Liquidating Trust", "stocks"),
+    ("OS", "Ordinary Shares", "stocks"), ("INDEX", "Index", "indices"),
+)
+_OCC = re.compile(r"^([A-Z]{1,6})(\d{2})(\d{2})(\d{2})([CP])(\d{8})$")
+
+RATE_LIMITED = ("You've exceeded the maximum requests per minute, please wait or upgrade your "
+                "subscription to continue. https://polygon.io/pricing")
+NOT_ENTITLED = "You are not entitled to this data. Please upgrade your plan at https://polygon.io/pricing"
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unb64(text: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInputError(f"invalid cursor {text!r}") from None
+
+
+def _ms(instant_ns: int) -> int:
+    return instant_ns // 1_000_000
+
+
+class PolygonReplay(ReplayHTTPServer):
+    """Polygon REST on 127.0.0.1, serving `data`."""
+
+    vendor = "Polygon"
+
+    def __init__(self, data: ReplayData, *, api_keys: Iterable[str], unentitled_keys: Iterable[str] = (),
+                 **options: Any) -> None:
+        super().__init__(data, **options)
+        self.api_keys, self.unentitled_keys = frozenset(api_keys), frozenset(unentitled_keys)
+        self.route(r"/v2/aggs/ticker/([^/]+)/range/([^/]+)/([^/]+)/([^/]+)/([^/]+)", self.aggs)
+        self.route(r"/v3/reference/tickers", self.tickers)
+        self.route(r"/v3/reference/tickers/types", self.ticker_types)
+        self.route(r"/v3/reference/options/contracts", self.options_contracts)
+        self.route(r"/v2/snapshot/locale/us/markets/stocks/tickers", self.snapshot)
+        self.route(r"/v1/marketstatus/now", self.market_status)
+
+    # ----------------------------------------------------------------------- vendor specifics
+
+    def authenticate(self, request: Request) -> str | None:
+        header = request.headers.get("Authorization") or ""
+        key = header[len("Bearer "):].strip() if header.startswith("Bearer ") else request.query.get("apiKey")
+        if not key:
+            raise HttpError(401, {"status": "ERROR", "request_id": _request_id(), "error": "API Key was not provided"})
+        if key in self.unentitled_keys:
+            if request.path.startswith(("/v2/aggs", "/v2/snapshot")):
+                raise HttpError(403, {"status": "NOT_AUTHORIZED", "request_id": _request_id(), "message": NOT_ENTITLED})
+        elif key not in self.api_keys:
+            raise HttpError(401, {"status": "ERROR", "request_id": _request_id(), "error": "Unknown API Key"})
+        return key_label(key)
+
+    def error_body(self, status: int, message: str) -> Any:
+        if status == 429:
+            return {"status": "ERROR", "request_id": _request_id(), "error": RATE_LIMITED}
+        if status == 404:
+            return {"status": "NOT_FOUND", "request_id": _request_id(), "message": message or "Not Found"}
+        if status == 403:
+            return {"status": "NOT_AUTHORIZED", "request_id": _request_id(), "message": NOT_ENTITLED}
+        return {"status": "ERROR", "request_id": _request_id(), "error": message or "Internal Server Error"}
+
+    def _params(self, request: Request) -> dict[str, str]:
+        """The query, with a cursor's parameters in place of the cursor."""
+        params = {k: v for k, v in request.query.items() if k != "apiKey"}
+        cursor = params.pop("cursor", None)
+        if cursor:
+            params.update(dict(parse_qsl(_unb64(cursor), keep_blank_values=True)))
+        return params
+
+    def _today(self) -> date:
+        return self.now().astimezone(calendar.NEW_YORK).date()
+
+    # ----------------------------------------------------------------------- aggregates
+
+    def aggs(self, request: Request, ticker: str, multiplier: str, timespan: str, start: str, end: str) -> Reply:
+        params = self._params(request)
+        if not multiplier.isdigit() or int(multiplier) < 1:
+            raise InvalidInputError(f"multiplier {multiplier!r}: expected a positive integer")
+        if timespan not in _TIMESPANS:
+            raise InvalidInputError(f"timespan {timespan!r} is not served by the replay: expected one of "
+                                    f"{', '.join(_TIMESPANS)}")
+        m = int(multiplier)
+        adjusted = params.get("adjusted", "true").lower() != "false"
+        order = params.get("sort", "asc")
+        if order not in ("asc", "desc"):
+            raise InvalidInputError(f"sort {order!r}: expected asc or desc")
+        limit = _int_param(params, "limit", 5000, 1, 50_000)
+        symbol = sym.from_polygon(ticker)
+        kind = kind_of(symbol)
+        lo = _instant(start, "from", zone(kind), end=False)
+        hi = _instant(end, "to", zone(kind), end=True)
+        body: dict[str, Any] = {"ticker": ticker, "queryCount": 0, "resultsCount": 0, "adjusted": adjusted,
+                                "status": "OK", "request_id": _request_id(), "count": 0}
+        buckets, rest = self._buckets(symbol, kind, lo, hi, timespan, m, order, limit)
+        counts = buckets.column("base_count").to_numpy()
+        take = max(1, int(np.searchsorted(np.cumsum(counts), limit, side="right"))) if len(counts) else 0
+        page = buckets.slice(0, take)
+        starts = pc.cast(buckets.column("ts"), pa.int64()).to_numpy()
+        if page.num_rows:
+            body["results"] = _agg_results(page)
+            body.update(queryCount=int(counts[:take].sum()), resultsCount=page.num_rows, count=page.num_rows)
+        more_buckets = take < buckets.num_rows
+        if more_buckets or rest:
+            cursor = _b64(urlencode({"adjusted": str(adjusted).lower(), "limit": limit, "sort": order}))
+            if order == "asc":
+                nxt = starts[take] if more_buckets else _ns(day_bounds(rest[0], kind)[0])
+                path = f"{ticker}/range/{m}/{timespan}/{_ms(int(nxt))}/{end}"
+            else:
+                path = f"{ticker}/range/{m}/{timespan}/{start}/{_ms(int(starts[take - 1])) - 1}"
+            body["next_url"] = f"{self.url}/v2/aggs/ticker/{path}?cursor={cursor}"
+        return Reply(200, body)
+
+    def _buckets(self, symbol: str, kind: str, lo: datetime, hi: datetime, timespan: str, m: int, order: str,
+                 limit: int) -> tuple[pa.Table, list[date]]:
+        """The aggregates of [lo, hi] in `order` (AGG_BARS; `base_count` counts daily aggregates for
+        day bars), and the days not loaded because earlier ones already exceed `limit`."""
+        tz = zone(kind)
+        days = days_between(lo, hi, kind)
+        if order == "desc":
+            days.reverse()
+        loaded, base, rest = [], 0, []
+        for i, day in enumerate(days):
+            bars = self.data.minute_bars([symbol], day)
+            ts = bars.column("ts")
+            bars = bars.filter(pc.and_(pc.greater_equal(ts, pa.scalar(lo, TS)), pc.less_equal(ts, pa.scalar(hi, TS))))
+            loaded.append(bars)
+            base += bars.num_rows
+            # Minute and hour buckets never span two days, so whole days can be left to the next page.
+            if timespan != "day" and base >= limit:
+                rest = days[i + 1:]
+                break
+        if order == "desc":
+            loaded.reverse()
+        table = pa.concat_tables(loaded) if loaded else BARS.empty_table()
+        if timespan == "day":
+            daily = aggregate(table, "day", 1, tz=tz)
+            daily = daily.set_column(daily.num_columns - 1, AGG_BARS.field("base_count"),
+                                     pa.array(np.ones(daily.num_rows, np.int64)))
+            buckets = aggregate(daily, "day", m, tz=tz, anchor=lo.astimezone(tz).date()) if m > 1 else daily
+        else:
+            buckets = aggregate(table, timespan, m, tz=tz)
+        if order == "desc":
+            buckets = buckets.take(pa.array(np.arange(buckets.num_rows)[::-1]))
+        return buckets, rest
+
+    # ----------------------------------------------------------------------- reference
+
+    def tickers(self, request: Request) -> Reply:
+        params = self._params(request)
+        day = _date_param(params.get("date")) or self._today()
+        active = params.get("active", "true").lower() != "false"
+        limit = _int_param(params, "limit", 100, 1, 1000)
+        offset = _int_param(params, "offset", 0, 0, None)
+        market = params.get("market")
+        if market and market not in MARKETS:
+            raise InvalidInputError(f"market {market!r}: expected one of {', '.join(MARKETS)}")
+        rows: list[dict[str, Any]] = []
+        for name in [market] if market else list(MARKETS):
+            categories, locale = MARKETS[name]
+            for category in categories:
+                rows.extend(_ticker_rows(self.data.universe(category, day, include_inactive=not active),
+                                         name, locale, category, day, active))
+        rows = [r for r in rows if _ticker_matches(r, params)]
+        rows = _sorted(rows, params.get("sort", "ticker"), params.get("order", "asc"))
+        return self._page(request.path, rows, params, offset, limit)
+
+    def options_contracts(self, request: Request) -> Reply:
+        params = self._params(request)
+        day = _date_param(params.get("as_of")) or self._today()
+        limit = _int_param(params, "limit", 10, 1, 1000)
+        offset = _int_param(params, "offset", 0, 0, None)
+        rows = [] if params.get("expired", "false").lower() == "true" else \
+            _contract_rows(self.data.universe("options", day))
+        filters = {"underlying_ticker": str, "contract_type": str, "expiration_date": str, "strike_price": float}
+        for name, cast in filters.items():
+            for op, test in (("", lambda a, b: a == b), (".gte", lambda a, b: a >= b), (".gt", lambda a, b: a > b),
+                             (".lte", lambda a, b: a <= b), (".lt", lambda a, b: a < b)):
+                if name + op in params:
+                    value = _cast(cast, params[name + op], name + op)
+                    rows = [r for r in rows if test(r[name], value)]
+        rows = _sorted(rows, params.get("sort", "ticker"), params.get("order", "asc"))
+        return self._page(request.path, rows, params, offset, limit)
+
+    def _page(self, path: str, rows: list[dict[str, Any]], params: dict[str, str], offset: int, limit: int) -> Reply:
+        page = rows[offset:offset + limit]
+        body: dict[str, Any] = {"results": page, "status": "OK", "request_id": _request_id(), "count": len(page)}
+        if offset + limit < len(rows):
+            state = {**params, "offset": str(offset + limit), "limit": str(limit)}
+            body["next_url"] = f"{self.url}{path}?cursor={_b64(urlencode(sorted(state.items())))}"
+        return Reply(200, body)
+
+    def ticker_types(self, request: Request) -> Reply:
+        asset_class, locale = request.query.get("asset_class"), request.query.get("locale")
+        results = [{"code": code, "description": text, "asset_class": cls, "locale": "us"}
+                   for code, text, cls in TICKER_TYPES
+                   if (asset_class is None or asset_class == cls) and locale in (None, "us")]
+        return Reply(200, {"results": results, "status": "OK", "request_id": _request_id(), "count": len(results)})
+
+    # ----------------------------------------------------------------------- snapshot, status
+
+    def snapshot(self, request: Request) -> Reply:
+        now = self.now()
+        cal = calendar.default_calendar()
+        current = cal.session_at(now)
+        day = current.day if current else cal.last_completed_session(now)
+        previous = cal.previous_session(day)
+        requested = request.query.get("tickers") or ""
+        if requested:
+            symbols = sorted({sym.from_polygon(t.strip()) for t in requested.split(",") if t.strip()})
+        else:
+            categories = ["us_equities", "etf"] + (["otc"] if request.query.get("include_otc") == "true" else [])
+            symbols = sorted(s for c in categories for s in self.data.universe(c, day).column("symbol").to_pylist())
+        today = self.data.minute_bars(symbols, day, cache=False)
+        # Only minutes that have ended are in a snapshot.
+        today = today.filter(pc.less_equal(today.column("ts"), pa.scalar(now - timedelta(minutes=1), TS)))
+        tz = calendar.NEW_YORK
+        days = {r["symbol"]: r for r in aggregate(today, "day", tz=tz).to_pylist()}
+        prev = {r["symbol"]: r for r in aggregate(self.data.minute_bars(symbols, previous, cache=False), "day",
+                                                  tz=tz).to_pylist()}
+        last_rows = today.take(pa.array(_last_of_each(today)))
+        minutes = {r["symbol"]: r for r in last_rows.to_pylist()}
+        tickers = []
+        for s in symbols:
+            if s not in days and s not in prev:
+                continue
+            d, p, last = days.get(s), prev.get(s), minutes.get(s)
+            change = (d["close"] - p["close"]) if d and p else 0.0
+            entry: dict[str, Any] = {
+                "ticker": sym.to_polygon(s),
+                "todaysChange": round(change, 6),
+                "todaysChangePerc": round(100.0 * change / p["close"], 6) if d and p else 0.0,
+                "updated": _ns(last["ts"]) + 60_000_000_000 if last else _ns(day_bounds(day, "stocks")[0]),
+                "day": _ohlcv(d), "prevDay": _ohlcv(p),
+            }
+            if last:
+                entry["min"] = {**_ohlcv(last), "av": d["volume"], "t": _ns(last["ts"]) // 1_000_000,
+                                "n": last["trade_count"]}
+            tickers.append(entry)
+        return Reply(200, {"status": "OK", "count": len(tickers), "tickers": tickers, "request_id": _request_id()})
+
+    def market_status(self, request: Request) -> Reply:
+        now = self.now()
+        session = calendar.default_calendar().session_at(now)
+        phase = session.phase_at(now) if session else None
+        market = {"regular": "open", "premarket": "extended-hours", "afterhours": "extended-hours"}.get(phase, "closed")
+        weekday = now.astimezone(calendar.NEW_YORK).weekday() < 5
+        return Reply(200, {
+            "market": market, "earlyHours": phase == "premarket", "afterHours": phase == "afterhours",
+            "serverTime": now.astimezone(calendar.NEW_YORK).replace(microsecond=0).isoformat(),
+            "exchanges": {"nyse": market, "nasdaq": market, "otc": market},
+            "currencies": {"fx": "open" if weekday else "closed", "crypto": "open"},
+        })
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ns(instant: datetime) -> int:
+    delta = instant.astimezone(UTC) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _instant(text: str, name: str, tz, *, end: bool) -> datetime:
+    """A from/to path segment: YYYY-MM-DD (the whole local day) or Unix milliseconds (inclusive)."""
+    if _DATE.fullmatch(text):
+        day = calendar.to_date(text) + timedelta(days=1 if end else 0)
+        instant = datetime.combine(day, datetime.min.time(), tzinfo=tz).astimezone(UTC)
+        return instant - timedelta(microseconds=1) if end else instant
+    if _MS.fullmatch(text):
+        return _EPOCH + timedelta(milliseconds=int(text))
+    raise InvalidInputError(f"Could not parse the time parameter: '{name}'={text!r}. "
+                            "Use YYYY-MM-DD or Unix MS Timestamps")
+
+
+def _int_param(params: dict[str, str], name: str, default: int, low: int, high: int | None) -> int:
+    text = params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidInputError(f"{name}={text!r}: expected an integer") from None
+    if value < low:
+        raise InvalidInputError(f"{name}={value}: expected at least {low}")
+    return min(value, high) if high is not None else value
+
+
+def _date_param(text: str | None) -> date | None:
+    if not text:
+        return None
+    return calendar.to_date(text[:10])
+
+
+def _cast(cast, text: str, name: str):
+    try:
+        return cast(text)
+    except ValueError:
+        raise InvalidInputError(f"{name}={text!r}: expected a {cast.__name__}") from None
+
+
+def _sorted(rows: list[dict[str, Any]], key: str, order: str) -> list[dict[str, Any]]:
+    if order not in ("asc", "desc"):
+        raise InvalidInputError(f"order {order!r}: expected asc or desc")
+    return sorted(rows, key=lambda r: (r.get(key) is None, r.get(key) or "", r.get("ticker", "")),
+                  reverse=order == "desc")
+
+
+def _agg_results(page: pa.Table) -> list[dict[str, Any]]:
+    columns = {name: page.column(name).to_pylist() for name in ("open", "high", "low", "close", "volume",
+                                                                 "vwap", "trade_count")}
+    ms = (pc.cast(page.column("ts"), pa.int64()).to_numpy() // 1_000_000).tolist()
+    return [{"v": v, "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": t,
+             "n": n}
+            for o, h, lo, c, v, vw, n, t in zip(columns["open"], columns["high"], columns["low"], columns["close"],
+                                                 columns["volume"], columns["vwap"], columns["trade_count"], ms,
+                                                 strict=True)]
+
+
+def _ohlcv(bar: dict[str, Any] | None) -> dict[str, Any]:
+    if not bar:
+        return {"o": 0, "h": 0, "l": 0, "c": 0, "v": 0, "vw": 0}
+    vwap = bar.get("vwap")
+    return {"o": bar["open"], "h": bar["high"], "l": bar["low"], "c": bar["close"], "v": bar["volume"],
+            "vw": vwap if vwap is not None else 0}
+
+
+def _last_of_each(table: pa.Table) -> list[int]:
+    """Row index of each symbol's last row in a table sorted by (symbol, ts)."""
+    n = table.num_rows
+    if not n:
+        return []
+    column = table.column("symbol").combine_chunks()
+    changes = pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return np.concatenate([np.flatnonzero(changes), [n - 1]]).tolist()
+
+
+def _ticker_rows(table: pa.Table, market: str, locale: str, category: str, day: date,
+                 active: bool) -> list[dict[str, Any]]:
+    rows = []
+    for r in table.to_pylist():
+        if r["active"] != active:
+            continue
+        symbol = r["symbol"]
+        row: dict[str, Any] = {
+            "ticker": sym.to_polygon(symbol, index=category == "indices"), "name": r["name"],
+            "market": market, "locale": locale,
+        }
+        if market in ("stocks", "otc"):
+            row.update(primary_exchange=r["exchange"], type=r["type"], currency_name="usd")
+        elif market == "indices":
+            row.update(type="INDEX", currency_name="usd")
+        else:
+            base, quote = symbol.split("/")
+            base_name, _, quote_name = (r["name"] or "").partition(" - ")
+            row.update(currency_symbol=quote, currency_name=quote_name or quote, base_currency_symbol=base,
+                       base_currency_name=base_name or base)
+        row["active"] = r["active"]
+        if r["delist_date"] is not None:
+            row["delisted_utc"] = f"{r['delist_date'].isoformat()}T00:00:00Z"
+        row["last_updated_utc"] = f"{day.isoformat()}T00:00:00Z"
+        rows.append({k: v for k, v in row.items() if v is not None})
+    return rows
+
+
+def _ticker_matches(row: dict[str, Any], params: dict[str, str]) -> bool:
+    ticker = row["ticker"]
+    for name, field in (("type", "type"), ("exchange", "primary_exchange")):
+        if params.get(name) and row.get(field) != params[name]:
+            return False
+    if params.get("ticker") and ticker != params["ticker"]:
+        return False
+    for op, test in ((".gte", ticker.__ge__), (".gt", ticker.__gt__), (".lte", ticker.__le__), (".lt", ticker.__lt__)):
+        bound = params.get("ticker" + op)
+        if bound and not test(bound):
+            return False
+    if params.get("cusip") or params.get("cik"):
+        return False  # the replay has no CUSIPs or CIKs
+    search = (params.get("search") or "").lower()
+    return not search or search in ticker.lower() or search in (row.get("name") or "").lower()
+
+
+def _contract_rows(table: pa.Table) -> list[dict[str, Any]]:
+    rows = []
+    for symbol in table.column("symbol").to_pylist():
+        match = _OCC.match(symbol)
+        if not match:
+            continue
+        root, yy, mm, dd, right, strike = match.groups()
+        rows.append({
+            "cfi": "OCASPS" if right == "C" else "OPASPS", "contract_type": "call" if right == "C" else "put",
+            "exercise_style": "american", "expiration_date": f"20{yy}-{mm}-{dd}", "primary_exchange": "BATO",
+            "shares_per_contract": 100, "strike_price": int(strike) / 1000, "ticker": "O:" + symbol,
+            "underlying_ticker": root,
+        })
+    return rows
