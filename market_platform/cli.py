@@ -193,6 +193,7 @@ def stream(day, start, end, speed, crypto, symbols, stocks, activity, change_fil
         kind, day, market=SimMarket(n_stocks=stocks, activity=activity),
         symbols=[s.strip() for s in symbols.split(",")] if symbols else None, start=start, end=end, speed=rate,
         api_key=key, secret_key=secret, feed=os.environ.get("ALPACA_FEED") or "iex", stream_url=stream_url,
+        data_url=os.environ.get("ALPACA_DATA_URL") or None,
         store_url=store.url, from_now=live and day == now.astimezone(calendar.NEW_YORK).date().isoformat(),
         change_filter=change_filter,
     )

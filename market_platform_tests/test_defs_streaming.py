@@ -181,11 +181,15 @@ def test_dagster_job_execute_streams_a_short_window_against_the_replay(stream_db
 
 
 def test_a_killed_stream_relaunched_by_the_sensor_leaves_only_its_gap(
-    stream_db, replay_factory, stream_sim, tmp_path, monkeypatch
+    stream_db, replay_factory, replay, stream_sim, tmp_path, monkeypatch
 ) -> None:
+    # The stream replay and the Alpaca REST replay (repairs) take the same keys, as Alpaca does.
+    rest = replay
     start, end = window("10:00", 12)
     replay = replay_factory(start=start, end=end, speed=60)
-    alpaca = {"ALPACA_API_KEY": replay.key, "ALPACA_SECRET_KEY": replay.secret, "ALPACA_STREAM_URL": replay.url("iex")}
+    assert (replay.key, replay.secret) == (rest.keys.alpaca_key_id, rest.keys.alpaca_secret)
+    alpaca = {"ALPACA_API_KEY": replay.key, "ALPACA_SECRET_KEY": replay.secret, "ALPACA_STREAM_URL": replay.url("iex"),
+              "ALPACA_DATA_URL": rest.alpaca_url}
     env = _dagster_env(tmp_path, stream_db, **alpaca)
     day = SIM_DAY.isoformat()
     config = run_config("stocks", day, start="10:00", end="10:12", stale_after_seconds=5, repair_delay_seconds=0)
@@ -206,7 +210,8 @@ def test_a_killed_stream_relaunched_by_the_sensor_leaves_only_its_gap(
     time.sleep(1.5)  # the dead run's heartbeat goes stale
 
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    resources = _resources(stream_db, api_key=replay.key, secret_key=replay.secret, stream_url=replay.url("iex"))
+    resources = _resources(stream_db, api_key=replay.key, secret_key=replay.secret, stream_url=replay.url("iex"),
+                           data_url=rest.alpaca_url)
     sensor = build_stream_watchdog_sensor(heartbeat_timeout=1.0, now=lambda: start)
     requests = sensor(dg.build_sensor_context(instance=instance, resources={"tick_store": resources["tick_store"]}))
     assert len(requests) == 1 and requests[0].run_config == config
@@ -220,6 +225,7 @@ def test_a_killed_stream_relaunched_by_the_sensor_leaves_only_its_gap(
 
     (gap,) = db_rows(stream_db, "SELECT * FROM stream_gaps")
     assert gap["reason"].startswith("stream restarted") and gap["repaired_at"] is not None
+    assert gap["repaired_bars"] > 0 and rest.alpaca.log.count("/v2/stocks/bars") >= 1
     symbols = replay.symbols_for("stocks")
     bars = stream_sim.minute_bars(SIM_DAY, symbols)
     expected = bars.filter(pc.and_(pc.greater_equal(bars["ts"], pa.scalar(start, bars["ts"].type)),

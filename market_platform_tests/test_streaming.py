@@ -18,6 +18,7 @@ from market_platform.errors import VendorAuthError, VendorError
 from market_platform.replay.alpaca_stream import MALFORMED_KINDS
 from market_platform.storage.timescale import TickStore, start_embedded, stop_embedded
 from market_platform.streaming import Streamer, sim_fetcher
+from market_platform.streaming.repair import alpaca_fetcher
 from market_platform_tests.fixtures.sim import SIM_DAY
 from market_platform_tests.fixtures.stream import db_rows, stream_config, window
 
@@ -89,13 +90,16 @@ def test_every_message_sent_is_stored_exactly_once(tick_store, replay_factory, s
     assert db_rows(url, "SELECT count(*) AS n FROM stream_gaps")[0]["n"] == 0
 
 
-def test_drops_and_silence_are_recorded_and_repaired(stream_db, replay_factory, stream_sim, tmp_path) -> None:
+def test_drops_and_silence_are_recorded_and_repaired(stream_db, replay_factory, replay, stream_sim, tmp_path) -> None:
+    # Repairs come from the Alpaca REST replay through the real alpaca-py REST client.
     start, end = window("10:00", 20)
-    replay = replay_factory(start=start, end=end, speed=120)
-    replay.drop(at=start + 5 * MINUTE)
-    replay.silence(3.0, at=start + 12 * MINUTE)
-    config = stream_config(replay, start, end, tmp_path, stale_after=0.8)
-    report = Streamer(config, store_url=stream_db, fetch_minute_bars=sim_fetcher(stream_sim)).run()
+    stream = replay_factory(start=start, end=end, speed=120)
+    stream.drop(at=start + 5 * MINUTE)
+    stream.silence(3.0, at=start + 12 * MINUTE)
+    config = stream_config(stream, start, end, tmp_path, stale_after=0.8)
+    rest = alpaca_fetcher(replay.alpaca_source(feed="iex"))
+    report = Streamer(config, store_url=stream_db, fetch_minute_bars=rest).run()
+    assert replay.alpaca.log.count("/v2/stocks/bars") >= 2
 
     gaps = db_rows(stream_db, "SELECT * FROM stream_gaps ORDER BY gap_start")
     assert len(gaps) == 2 and report.gaps == 2 and report.reconnects == 2
@@ -110,7 +114,7 @@ def test_drops_and_silence_are_recorded_and_repaired(stream_db, replay_factory, 
     repaired = stored.filter(pc.equal(stored["source"], "alpaca_repair"))
     assert 0 < repaired.num_rows == sum(g["repaired_bars"] for g in gaps) == report.repaired_bars
     # What was sent (a graceful close sends what was queued first) is stored, once.
-    sent = replay.sent_counts()
+    sent = stream.sent_counts()
     assert _per_symbol(stream_db, "quotes") == sent["quotes"]
     assert _per_symbol(stream_db, "trades") == sent["trades"]
     assert sum(sent["quotes"].values()) < stream_sim.expected_quote_count(SIM_DAY, list(config.symbols))

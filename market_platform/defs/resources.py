@@ -118,5 +118,6 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             secret_key=env_var("ALPACA_SECRET_KEY"),
             feed=env_var("ALPACA_FEED"),
             stream_url=env_var("ALPACA_STREAM_URL"),
+            data_url=env_var("ALPACA_DATA_URL"),
         ),
     }

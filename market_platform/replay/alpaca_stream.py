@@ -67,8 +67,9 @@ UTC = timezone.utc
 NS = 1_000_000_000
 MINUTE_NS = 60 * NS
 
-DEFAULT_KEY = "replay-key"
-DEFAULT_SECRET = "replay-secret"
+# The REST replay's keys (ReplayKeys), so one ALPACA_API_KEY/ALPACA_SECRET_KEY serves both.
+DEFAULT_KEY = "replay-alpaca-key"
+DEFAULT_SECRET = "replay-alpaca-secret"
 STOCK_FEEDS = ("iex", "sip")
 #: Path -> (market kind, feed).
 ROUTES = {"/v2/iex": ("stocks", "iex"), "/v2/sip": ("stocks", "sip"), "/v1beta3/crypto/us": ("crypto", "us")}

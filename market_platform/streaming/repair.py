@@ -70,6 +70,15 @@ def sim_fetcher(market, *, crypto: bool = False) -> MinuteBarsFetcher:
     return fetch
 
 
+def alpaca_fetcher(source) -> MinuteBarsFetcher:
+    """A fetcher over Alpaca's REST history (`sources.alpaca.AlpacaSource.bars`), rows marked alpaca_repair."""
+
+    def fetch(symbols: Sequence[str], start: datetime, end: datetime) -> pa.Table:
+        return source.bars(list(symbols), start, end, timeframe="1m", source=Source.ALPACA_REPAIR)
+
+    return fetch
+
+
 def repair_window(
     store: TickStore,
     fetch: MinuteBarsFetcher,

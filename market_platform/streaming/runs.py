@@ -22,7 +22,7 @@ from market_platform import calendar
 from market_platform.errors import InvalidInputError
 from market_platform.replay.alpaca_stream import AlpacaStreamReplay
 from market_platform.sources.sim import SimMarket
-from market_platform.streaming.repair import MinuteBarsFetcher, sim_fetcher
+from market_platform.streaming.repair import MinuteBarsFetcher, alpaca_fetcher, sim_fetcher
 
 if TYPE_CHECKING:
     from market_platform.streaming.streamer import StreamConfig, StreamReport
@@ -129,31 +129,47 @@ def endpoint(
     speed: float | None,
     symbols: Sequence[str],
     clock: str = "auto",
+    data_url: str | None = None,
 ) -> Iterator[Endpoint]:
-    """Alpaca (keys given; `stream_url` overrides the address), or a replay of `market` started
-    here on loopback for the window (no keys). `speed`: a replay's times real time (None: as
-    fast as the client reads). The gap repair source is the simulated market's bars whenever
-    the other side is a replay (ours, or one on loopback), so repaired bars match what it served.
+    """Alpaca (keys given; `stream_url` and `data_url` override the stream's and the REST
+    history's addresses), or, with no keys, a replay of `market` for the window, started here on
+    loopback: the stream replay and the Alpaca REST replay, which serves the gap repairs to the
+    real alpaca-py REST client. `speed`: the stream replay's times real time (None: as fast as
+    the client reads). A stream replay at `stream_url` on loopback with no `data_url` gets its
+    repairs from `market` directly, so they match what it served.
     """
+    from market_platform.replay import ReplayData, SimProvider
+    from market_platform.replay.alpaca import AlpacaReplay
+    from market_platform.sources.alpaca import AlpacaSource
+
     if clock not in ("auto", "wall", "events"):
         raise InvalidInputError(f"clock={clock!r}: expected auto, wall or events")
     crypto = kind == "crypto"
+    rest_feed = "iex" if crypto else feed
     if api_key and secret_key:
         replayed = is_loopback(stream_url)
         chosen = clock if clock != "auto" else ("events" if replayed else "wall")
-        fetch = sim_fetcher(market, crypto=crypto) if replayed else None
-        if fetch is None:
-            log.warning("gap repair from Alpaca REST is not wired yet: gaps are recorded, and repaired by a later run")
+        if replayed and not data_url:
+            fetch = sim_fetcher(market, crypto=crypto)
+        else:
+            fetch = alpaca_fetcher(AlpacaSource(api_key, secret_key, data_url=data_url, trading_url=data_url,
+                                                feed=rest_feed))
         yield Endpoint(stream_url, api_key, secret_key, chosen, fetch_minute_bars=fetch)
         return
     replay = AlpacaStreamReplay(
         market, day, start=start, end=end, crypto_day=day, speed=speed,
         symbols=None if crypto else list(symbols), crypto_symbols=list(symbols) if crypto else None,
     )
-    with replay:
-        url = replay.url("crypto" if crypto else feed)
-        yield Endpoint(url, replay.key, replay.secret, "events" if clock == "auto" else clock, replay,
-                       sim_fetcher(market, crypto=crypto))
+    rest = AlpacaReplay(ReplayData(SimProvider(market)), keys={replay.key: replay.secret})
+    rest.start()
+    try:
+        with replay:
+            source = AlpacaSource(replay.key, replay.secret, data_url=rest.url, trading_url=rest.url, feed=rest_feed,
+                                  rate_limit=None)
+            yield Endpoint(replay.url("crypto" if crypto else feed), replay.key, replay.secret,
+                           "events" if clock == "auto" else clock, replay, alpaca_fetcher(source))
+    finally:
+        rest.stop()
 
 
 def stream_window(
@@ -169,6 +185,7 @@ def stream_window(
     secret_key: str | None = None,
     feed: str = "iex",
     stream_url: str | None = None,
+    data_url: str | None = None,
     store_url: str | None = None,
     clock: str = "auto",
     from_now: bool = False,
@@ -194,7 +211,7 @@ def stream_window(
     else:
         raise InvalidInputError(f"kind={kind!r}: expected stocks or crypto")
     with endpoint(kind, api_key=api_key, secret_key=secret_key, feed=feed, stream_url=stream_url, market=market,
-                  day=day, start=lo, end=hi, speed=speed, symbols=names, clock=clock) as ep:
+                  day=day, start=lo, end=hi, speed=speed, symbols=names, clock=clock, data_url=data_url) as ep:
         config = StreamConfig(symbols=tuple(names), start=lo, end=hi, kind=kind, feed=feed, api_key=ep.api_key,
                               secret_key=ep.secret_key, url=ep.url, clock=ep.clock, **settings)
         if on_start is not None:

@@ -75,7 +75,8 @@ def run_stream(context: dg.OpExecutionContext, kind: str, config: StreamRunConfi
     report = stream_window(
         kind, day, market=bars_source.market, symbols=symbols, start=config.start, end=config.end,
         speed=config.speed or None, api_key=alpaca_stream.api_key, secret_key=alpaca_stream.secret_key,
-        feed=alpaca_stream.stock_feed, stream_url=alpaca_stream.stream_url, store_url=store.url,
+        feed=alpaca_stream.stock_feed, stream_url=alpaca_stream.stream_url, data_url=alpaca_stream.data_url,
+        store_url=store.url,
         clock=config.clock,
         # A live feed, or a replay in real time of today, starts from now; a replay of the past from the start.
         from_now=(live or config.speed == 1.0) and day == _today(kind),

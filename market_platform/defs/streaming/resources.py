@@ -10,12 +10,14 @@ class AlpacaStreamResource(dg.ConfigurableResource):
     """Alpaca's market-data stream. With `api_key` and `secret_key` (ALPACA_API_KEY,
     ALPACA_SECRET_KEY) a run streams from Alpaca on `feed` (ALPACA_FEED: iex or sip), or from
     `stream_url` (ALPACA_STREAM_URL: another endpoint, such as a replay server); with no keys it
-    streams from a replay of the simulated market that it starts itself on loopback."""
+    streams from a replay of the simulated market that it starts itself on loopback. Gaps are
+    repaired from Alpaca's REST history (`data_url`: ALPACA_DATA_URL, another address for it)."""
 
     api_key: Optional[str] = None
     secret_key: Optional[str] = None
     feed: Optional[str] = None
     stream_url: Optional[str] = None
+    data_url: Optional[str] = None
 
     @property
     def live(self) -> bool:
