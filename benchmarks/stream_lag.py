@@ -1,5 +1,7 @@
 """Lag from event time to commit, p50 and p99, at 1x, 10x and maximum replay speed.
 
+Windows: 1x over a minute of the open (09:31), 10x over ten minutes of midday (11:00) and over
+five minutes of the open (09:31, ~90k messages/s asked for), maximum speed over 09:40-09:43.
 The replay (its own process) serves the full-scale simulated market on a clock that runs at
 `speed` times real time; an event is due on the wall clock when the replay's clock reaches it
 (the replay reports its anchor: event time, wall time, speed). The lag of a row is the wall
@@ -59,8 +61,11 @@ def run(speed: str, start_hhmm: str, minutes: float) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     results = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()}
-    results["speed_1x"] = run("1", "09:31", 1.0)
-    results["speed_10x"] = run("10", "09:31", 10.0)
+    results["speed_1x_open"] = run("1", "09:31", 1.0)
+    results["speed_10x_midday"] = run("10", "11:00", 10.0)
+    # The open at 10x asks for ~90k messages/s: more than this machine sustains beside the others'
+    # work, so the queues fill and the lag grows for as long as the window lasts.
+    results["speed_10x_open"] = run("10", "09:31", 5.0)
     results["speed_max"] = run("max", "09:40", 3.0)
     results["load_average_after"] = os.getloadavg()
     print(json.dumps(results, indent=2))

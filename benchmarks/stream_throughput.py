@@ -21,7 +21,6 @@ the seed runs are cut at `--seed-seconds`. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
-from datetime import timedelta
 
 import msgpack
 import numpy as np

@@ -42,7 +42,6 @@ import math
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from http import HTTPStatus

@@ -165,8 +165,9 @@ def make_client(
 ) -> StockDataStream | CryptoDataStream:
     """An alpaca-py stream with `raw_data=True`, subscribed to quotes, trades, bars and updated
     bars of `symbols`, handing each message to `sinks[T]`."""
-    # alpaca-py's own websocket settings (they are replaced as a whole when any is given).
-    params = {"ping_interval": 10, "ping_timeout": 180, "max_queue": 1024,
+    # alpaca-py's settings (replaced as a whole when any is given), with 128 frames queued
+    # instead of 1,024: ~14 MB of frames rather than ~110 MB when the client falls behind.
+    params = {"ping_interval": 10, "ping_timeout": 180, "max_queue": 128,
               "compression": "deflate" if compression else None}
     if crypto:
         client: Any = InstrumentedCryptoStream(api_key, secret_key, raw_data=True, url_override=url,

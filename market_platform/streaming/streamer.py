@@ -25,11 +25,12 @@ import gc
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
+import msgpack
 import numpy as np
 
 from market_platform import settings
@@ -37,7 +38,7 @@ from market_platform.errors import DatabaseUnavailableError, InvalidInputError, 
 from market_platform.schemas import Source
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming.client import DATA_TYPES, make_client
-from market_platform.streaming.convert import Converter, event_ns
+from market_platform.streaming.convert import Converter, event_ns, pack_raw
 from market_platform.streaming.pipeline import Op, Pipeline, Unit, read_checkpoint
 from market_platform.streaming.repair import MinuteBarsFetcher, RepairWorker
 from market_platform.streaming.spool import Spool
@@ -93,7 +94,7 @@ class StreamConfig:
     clock: str = "wall"
     flush_rows: int = 20_000
     flush_interval: float = 0.25
-    queue_units: int = 8
+    queue_units: int = 4
     queue_batches: int = 4
     stale_after: float = 15.0
     end_grace: float = 90.0
@@ -607,10 +608,6 @@ class Streamer:
         log.warning("%s: disconnected at %s UTC (event time): %s", self.config.name, f"{_from_ns(start):%H:%M:%S}", reason)
 
     async def on_frame_error(self, exc: BaseException, frame: bytes | str | None) -> None:
-        import msgpack
-
-        from market_platform.streaming.convert import pack_raw
-
         converter = self._pipeline.converter
         if frame is None:
             self._stats.add(errors=1)
