@@ -204,3 +204,20 @@ def test_refusals_stop_with_a_clear_error(stream_db, replay_factory, tmp_path, c
     assert time.monotonic() - began < 20  # alpaca-py alone would retry 402 and 406 forever
     assert "not-the-secret" not in str(raised.value) and replay.secret not in str(raised.value)
     assert db_rows(stream_db, "SELECT count(*) AS n FROM quotes")[0]["n"] == 0
+
+
+def test_stop_before_run_ends_the_run_at_once(stream_db, replay_factory, tmp_path) -> None:
+    start, end = window("09:30", 30)
+    replay = replay_factory(start=start, end=end, speed=1)
+    streamer = Streamer(stream_config(replay, start, end, tmp_path), store_url=stream_db)
+    streamer.stop()  # alpaca-py's own stop() raises before run(); this one is remembered
+    began = time.monotonic()
+    report = streamer.run()
+    assert time.monotonic() - began < 10 and report.quotes == 0 and report.gaps == 0
+
+
+def test_a_subscription_over_the_symbol_limit_stops_with_a_clear_error(stream_db, replay_factory, tmp_path) -> None:
+    start, end = window("09:30", 3)
+    replay = replay_factory(start=start, end=end, symbol_limit=5)  # 405 after the subscribe
+    with pytest.raises(VendorError, match="405 symbol limit exceeded"):
+        Streamer(stream_config(replay, start, end, tmp_path), store_url=stream_db).run()

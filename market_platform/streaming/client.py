@@ -45,6 +45,8 @@ class StreamListener(Protocol):
 
     async def on_full(self) -> None: ...
 
+    def on_server_error(self, message: dict) -> None: ...
+
 
 def error_code(frame: Any) -> int | None:
     """The `code` of an error frame (`[{"T": "error", "code": 402, ...}]`), if it is one."""
@@ -129,6 +131,8 @@ class _Instrumented:
                 if len(sink) >= self._flush_rows:
                     await self._listener.on_full()
                 return
+        if msg.get("T") == "error":  # after the handshake alpaca-py only logs these (405, 407, ...)
+            self._listener.on_server_error(msg)
         await super()._dispatch(msg)  # type: ignore[misc]
 
     async def dispatch_item(self, msg: Any) -> None:

@@ -67,6 +67,7 @@ class StreamConfig:
     end_idle             events clock: seconds without data, once the window's end was
                          reached, before the run ends
     drain_timeout        seconds the end of a run waits for the database
+    give_up_after        events clock: seconds without any data after which the run ends
     repair_delay         seconds after a reconnect before its gap's bars are fetched
     late_start_after     a first event this long after `start` records a gap from `start`
     change_filter        store a quote only when its bid or ask price changed
@@ -100,6 +101,7 @@ class StreamConfig:
     end_grace: float = 90.0
     end_idle: float = 1.0
     drain_timeout: float = 120.0
+    give_up_after: float = 600.0
     repair_delay: float = 60.0
     late_start_after: float = 120.0
     change_filter: bool = False
@@ -481,6 +483,11 @@ class Streamer:
         clock = self._clock()
         if clock >= self._end_ns:
             return idle >= cfg.end_idle
+        if idle >= cfg.give_up_after:
+            # The events clock stands still without events: a replay that stopped sending would
+            # otherwise keep the run waiting for the end of a window it never reaches.
+            log.error("%s: no data for %.0f s; ending the run", cfg.name, idle)
+            return True
         # The last minute had no trades (no bars): stop once it has been quiet a while longer.
         return clock >= self._end_ns - MINUTE_NS and idle >= 5 * cfg.end_idle and self._connected
 
@@ -589,6 +596,15 @@ class Streamer:
         else:
             self._stats.add(errors=1)
             log.warning("%s: authentication failed (%s %s); alpaca-py retries", cfg.name, code, message)
+
+    def on_server_error(self, message: dict) -> None:
+        self._stats.add(errors=1)
+        code, text = message.get("code"), message.get("msg")
+        log.warning("%s: the server reported error %s: %s", self.config.name, code, text)
+        if code == 405:  # the subscription stays as it was (nothing, at the start): streaming would be silent
+            self._fail(VendorError(
+                f"{self.config.url or 'Alpaca'} refused to subscribe {len(self.config.symbols)} symbols (405 {text}): "
+                "the plan's symbol limit is lower; subscribe to fewer symbols or upgrade the plan"))
 
     def _fail(self, error: BaseException) -> None:
         if self._fatal is None:
