@@ -188,10 +188,9 @@ def test_pipeline_spools_in_order_while_the_database_is_away_and_replays_later(
 
     down = pipeline(away)
     down.start()
-    for part in parts:
-        while not down.put(_unit(part)):
+    for item in [_unit(part) for part in parts] + [Op("stats", {"stream": "test", "minute": start, "received": 1})]:
+        while not down.put(item):  # a full queue refuses; the caller waits (backpressure)
             time.sleep(0.01)
-    assert down.put(Op("stats", {"stream": "test", "minute": start, "received": 1}))
     assert not down.drain(1.0)
     assert down.close() == len(parts) + 1  # everything kept on disk
     up = pipeline(stream_db)
