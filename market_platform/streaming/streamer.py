@@ -329,15 +329,16 @@ class Streamer:
         ticker = asyncio.ensure_future(self._ticker())
         stopper = asyncio.ensure_future(self._stop_event.wait())
         try:
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({runner, stopper, ticker}, return_when=asyncio.FIRST_COMPLETED)
             await self._shutdown(runner)
         finally:
             ticker.cancel()
             stopper.cancel()
             if not runner.done():
                 runner.cancel()
-        if runner.done() and not runner.cancelled() and runner.exception() is not None and self._fatal is None:
-            self._fatal = runner.exception()
+        for task in (runner, ticker):  # a failure of either ends the run with its error
+            if task.done() and not task.cancelled() and task.exception() is not None and self._fatal is None:
+                self._fatal = task.exception()
         await self._finish(started)
         if self._fatal is not None:
             raise self._fatal

@@ -1,9 +1,16 @@
 """The Alpaca stream as a Dagster resource: keys and feed from the environment, or the replay."""
 
 
+import warnings
 from typing import Optional
 
 import dagster as dg
+
+# Dagster 1.13 re-creates a sensor with `owners=[]` when it binds resources to the jobs the sensor
+# launches (stream_watchdog_sensor), and warns that `owners` is a beta parameter nobody passed:
+# a stray stderr line in every command that loads the definitions. Set here, at the import of
+# definitions.py, because the defs folder is imported inside Dagster's own catch_warnings().
+warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition.__init__`")
 
 
 class AlpacaStreamResource(dg.ConfigurableResource):
