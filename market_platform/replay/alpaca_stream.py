@@ -487,9 +487,8 @@ class _Feed:
                     self.subscribed.clear()
                     await self.subscribed.wait()
             t0 = self.clock_ns
-            t1 = min(self.end_ns, t0 + slice_ns, self.next_bar_minute)
-            if t1 <= t0:
-                t1 = t0
+            # Slices end on minute marks (the bars go out there); at the end an empty slice sends the last bars.
+            t1 = max(t0, min(self.end_ns, t0 + slice_ns, self.next_bar_minute))
             wall = self.wall_of(t1)
             if wall is not None:
                 delay = wall - time.time()

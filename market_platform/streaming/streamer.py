@@ -72,9 +72,10 @@ class StreamConfig:
     late_start_after     a first event this long after `start` records a gap from `start`
     change_filter        store a quote only when its bid or ask price changed
     fast_dispatch        hand messages to the batcher by type directly (see client.py)
-    compression          negotiate permessage-deflate (alpaca-py's default; off here: on a
-                         2-core machine inflating the frames costs a fifth of the throughput,
-                         and a full session is ~100 KB/s on average, 5 MB/s at the open)
+    compression          negotiate permessage-deflate (alpaca-py's default; off here: inflating
+                         costs CPU the client is short of - 5 to 30% of the throughput in the
+                         benchmarks on 2 cores - while a full session is ~100 KB/s on average
+                         and ~5 MB/s at the open uncompressed)
     gc_threshold         the garbage collector's first threshold during the run (None: as it
                          is): messages are millions of short-lived dicts that hold no cycles,
                          and collecting at the default 700 allocations costs a third of the time
