@@ -41,7 +41,7 @@ def stream_demo_session(
     day: date | str | None = None,
     *,
     n_stocks: int = 100,
-    activity: float = 0.1,
+    activity: float = 0.05,
     speed: float | None = None,
     start: str | None = None,
     end: str | None = None,
