@@ -6,4 +6,5 @@ pytest_plugins: list[str] = [
     "market_platform_tests.fixtures.sim",
     "market_platform_tests.fixtures.replay",
     "market_platform_tests.fixtures.metrics",
+    "market_platform_tests.fixtures.stream",
 ]

@@ -459,3 +459,15 @@ def test_init_database_is_what_db_init_runs(tick_store: TickStore) -> None:
     done = init_database(tick_store.url, now=datetime(2024, 3, 1, 15, tzinfo=UTC))
     assert done["applied"] == [] and len(done["maintain"]["created"]) == 12
     assert done["status"]["tables"]["quotes"]["partitions"] == 4
+
+
+def test_a_fresh_stores_first_write_is_committed(tick_store: TickStore) -> None:
+    # A new store looks up the schema variant before its first write; that lookup once opened
+    # an implicit transaction, the write became a savepoint, and the session rolled it back.
+    table = synthetic.quotes(1_000)
+    fresh = TickStore(tick_store.url)
+    try:
+        assert fresh.write_quotes(table, dedupe=False) == 1_000
+    finally:
+        fresh.close()
+    assert tick_store.read_arrow("SELECT count(*) AS n FROM quotes").column("n")[0].as_py() == 1_000

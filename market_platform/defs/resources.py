@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import PrivateAttr
 
 from market_platform import settings
+from market_platform.defs.streaming.resources import AlpacaStreamResource
 from market_platform.sources.sim import SimMarket
 from market_platform.storage.lake import Lake
 from market_platform.storage.timescale import Retention, TickStore
@@ -139,7 +140,17 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             s3_secret_key=env_var("AWS_SECRET_ACCESS_KEY"),
             s3_region=env_var("AWS_DEFAULT_REGION"),
         ),
-        "bars_source": SimMarketResource(n_stocks=int(os.environ.get("MARKET_SIM_STOCKS", "3000"))),
+        "bars_source": SimMarketResource(
+            n_stocks=int(os.environ.get("MARKET_SIM_STOCKS", "3000")),
+            activity=float(os.environ.get("MARKET_SIM_ACTIVITY", "1.0")),
+        ),
+        "alpaca_stream": AlpacaStreamResource(
+            api_key=env_var("ALPACA_API_KEY"),
+            secret_key=env_var("ALPACA_SECRET_KEY"),
+            feed=env_var("ALPACA_FEED"),
+            stream_url=env_var("ALPACA_STREAM_URL"),
+            data_url=env_var("ALPACA_DATA_URL"),
+        ),
         "alerts": AlertsResource(
             rules_file=env_var("MARKET_ALERTS_FILE"),
             json_file=env_var("MARKET_ALERTS_JSON"),

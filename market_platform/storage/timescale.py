@@ -479,17 +479,22 @@ class TickStore:
 
     def _recorded_variant(self, conn: psycopg.Connection) -> str | None:
         if self._variant is None:
-            exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
-            row = conn.execute("SELECT variant FROM schema_migrations LIMIT 1").fetchone() if exists else None
+            with conn.transaction():
+                exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+                row = conn.execute("SELECT variant FROM schema_migrations LIMIT 1").fetchone() if exists else None
             self._variant = row[0] if row else None
         return self._variant
 
     def _variant_of(self, conn: psycopg.Connection) -> str:
+        # In a transaction block of its own: a bare SELECT would open an implicit transaction,
+        # turning the caller's next `conn.transaction()` into a savepoint that `_session`
+        # rolls back at the end (a fresh store's first write was lost that way).
         recorded = self._recorded_variant(conn)
         if recorded:
             return recorded
-        if self._timescaledb_version(conn) is not None or self._timescaledb_loadable(conn):
-            return "timescale"
+        with conn.transaction():
+            if self._timescaledb_version(conn) is not None or self._timescaledb_loadable(conn):
+                return "timescale"
         return "postgres"
 
     def variant(self) -> str:
