@@ -14,7 +14,7 @@ import pytest
 from market_platform import calendar, schemas
 from market_platform.analytics import quality
 from market_platform.defs.bars import checks as bar_checks
-from market_platform.defs.metrics.checks import build_freshness_checks, quotes_not_crossed
+from market_platform.defs.metrics.checks import quotes_not_crossed
 from market_platform.defs.partitions import trading_days_def
 from market_platform.defs.bars.assets import minute_bars
 from market_platform.defs.resources import LakeResource, SimMarketResource, TickStoreResource
@@ -205,17 +205,3 @@ def test_quotes_not_crossed_check_on_the_lake_dataset(tmp_path, sim):
         result = _run_checks("quotes_daily", [quotes_not_crossed], key, resources)
         (evaluation,) = result.get_asset_check_evaluations()
         assert evaluation.passed is passed
-
-
-def test_freshness_check_factory(make_database):
-    (check,) = build_freshness_checks({"bars_1m": dg.AssetKey("bars_1m")})
-    assert check.check_keys == {dg.AssetCheckKey(dg.AssetKey("bars_1m"), "fresh_during_session")}
-
-    @dg.asset(key="bars_1m")
-    def live_table() -> dg.MaterializeResult:  # stands in for the streaming job's AssetSpec
-        return dg.MaterializeResult()
-
-    result = dg.materialize([live_table, check], raise_on_error=False,
-                            resources={"tick_store": TickStoreResource(url=make_database("postgres"))})
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert evaluation.metadata["in_session"].value in (True, False)
