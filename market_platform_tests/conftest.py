@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "market_platform_tests.fixtures.lake",
     "market_platform_tests.fixtures.sim",
     "market_platform_tests.fixtures.replay",
+    "market_platform_tests.fixtures.history",
 ]

@@ -11,6 +11,7 @@ on loopback, serving one market, with the keys to use and the environment a user
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from collections.abc import Callable
@@ -25,6 +26,10 @@ from market_platform.replay.flatfiles import FlatFilesReplay
 from market_platform.replay.http import Clock, system_clock
 from market_platform.replay.polygon import PolygonReplay
 from market_platform.sources.sim import SimMarket
+
+
+#: Calls per minute `env()` gives clients of a replay without a rate limit.
+UNLIMITED_RATE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,11 @@ class ReplayServers:
         return self.flatfiles.endpoint
 
     def env(self) -> dict[str, str]:
-        """The environment that points the platform's adapters at these servers."""
+        """The environment that points the platform's adapters at these servers, with the REST
+        servers' rate limit as the clients' (calls per minute; a very high one when they have none,
+        so that clients do not wait at a vendor plan's rate)."""
+        limit = self.polygon.rate_limit
+        per_minute = str(math.ceil(limit.calls * 60 / limit.window) if limit.calls else UNLIMITED_RATE)
         return {
             settings.POLYGON_API_KEY_VAR: self.keys.polygon_api_key,
             settings.POLYGON_BASE_URL_VAR: self.polygon_url,
@@ -160,6 +169,8 @@ class ReplayServers:
             settings.ALPACA_DATA_URL_VAR: self.alpaca_url,
             settings.ALPACA_TRADING_URL_VAR: self.alpaca_url,
             settings.ALPACA_FEED_VAR: "sip",
+            settings.POLYGON_RATE_LIMIT_VAR: per_minute,
+            settings.ALPACA_RATE_LIMIT_VAR: per_minute,
         }
 
     def polygon_source(self, **options: Any):
