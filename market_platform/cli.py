@@ -183,17 +183,27 @@ def run_failure_reason(result) -> str:
     return failure_reason(result)
 
 
-def _session_keys(keys: list[str]) -> None:
-    """Refuse a date that is not a session with the calendar's reason, before Dagster sees it."""
+def _check_partition(definitions, keys, partition: str) -> None:
+    """Refuse a partition the selected assets do not have, with the reason (a date that is not a
+    session, an unknown category), before Dagster sees it."""
     from market_platform import calendar
+    from market_platform.defs.partitions import categories_def
+    from market_platform.errors import InvalidInputError
 
-    for key in keys:
-        calendar.session(key)
+    kinds = {definitions.resolve_assets_def(key).partitions_def for key in keys}
+    if len(kinds) > 1:
+        raise InvalidInputError("the selected assets have different partitions: materialize them separately")
+    if kinds == {categories_def}:
+        if partition not in categories_def.get_partition_keys():
+            raise InvalidInputError(f"unknown category {partition!r}: expected one of "
+                                    f"{', '.join(categories_def.get_partition_keys())}")
+    else:
+        calendar.session(partition)
 
 
 @main.command()
 @click.option("--select", required=True, help="Comma-separated asset keys, e.g. minute_bars,bars_5m.")
-@click.option("--partition", required=True, help="Partition key: a session date YYYY-MM-DD.")
+@click.option("--partition", required=True, help="Partition key: a session date YYYY-MM-DD, or a category.")
 @fail_cleanly
 def materialize(select: str, partition: str) -> None:
     """Materialize assets for one partition, recorded in the platform's Dagster instance."""
@@ -208,10 +218,10 @@ def materialize(select: str, partition: str) -> None:
     unknown = sorted(set(names) - known)
     if unknown:
         raise InvalidInputError(f"unknown assets {unknown}: expected names among {sorted(known)}")
-    _session_keys([partition])
+    keys = [dg.AssetKey(n) for n in names]
+    _check_partition(definitions, keys, partition)
     os.environ.update(dagster_env())
-    job = definitions.resolve_implicit_job_def_def_for_assets([dg.AssetKey(n) for n in names])
-    job = job.get_subset(asset_selection={dg.AssetKey(n) for n in names})
+    job = definitions.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys))
     result = job.execute_in_process(
         partition_key=partition, instance=dg.DagsterInstance.get(), run_config=QUIET, raise_on_error=False
     )
@@ -342,8 +352,11 @@ def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: st
 @click.option("--source", default="auto", show_default=True,
               help="auto (Flat Files for sessions older than 30 days, else REST), rest, polygon_flatfiles, "
                    "polygon_rest or alpaca_rest.")
+@click.option("--stage-every", type=int, default=100, show_default=True,
+              help="Stage fetched tickers in pieces of this many: what an interrupted run keeps.")
 @fail_cleanly
-def backfill(start: str, end: str, tickers: str | None, timeframes: str, universe_name: str, source: str) -> None:
+def backfill(start: str, end: str, tickers: str | None, timeframes: str, universe_name: str, source: str,
+             stage_every: int) -> None:
     """Backfill bars of the sessions from --from to --to into the lake: a Dagster backfill, resumable
     (run it again after any interruption and only what is missing is fetched)."""
     from market_platform import calendar
@@ -374,7 +387,9 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
         raise InvalidInputError(f"--universe {universe_name!r}: expected one of {', '.join(UNIVERSES)}")
     if source not in SOURCE_CHOICES:
         raise InvalidInputError(f"--source {source!r}: expected one of {', '.join(SOURCE_CHOICES)}")
-    options: dict = {"source": source, "universe": universe_name}
+    if stage_every < 1:
+        raise InvalidInputError(f"--stage-every {stage_every}: expected a positive number of tickers")
+    options: dict = {"source": source, "universe": universe_name, "stage_every": stage_every}
     if tickers is not None:
         names = symbol_list([t.strip() for t in tickers.split(",")])
         _vendors().check_symbols(names, days[0], days[-1])
@@ -414,31 +429,39 @@ def status(ticker: str | None, dataset: str | None) -> None:
                                     f"{ticker!r}: backfill it with `market-platform backfill --tickers {ticker} ...`")
         click.echo(f"{ticker} in {store.url}")
         if listed:
-            click.echo(f"  universe    listed in {len(listed)} snapshots, {listed[0][1]} to {listed[-1][1]} "
+            click.echo(f"universe: listed in {len(listed)} snapshots from {listed[0][1]} to {listed[-1][1]} "
                        f"({', '.join(sorted({c for c, _ in listed}))})")
-        for cov in found:
-            _print_coverage(cov)
+        _print_coverages(found)
         return
     click.echo(f"lake {store.url}")
-    for snap in lake_status.snapshots(store):
-        click.echo(f"  universe {snap.category:<12} {len(snap.dates):>4} snapshots, latest {snap.dates[-1]} "
-                   f"({snap.latest_rows:,} tickers)")
-    for name in lake_status.BAR_DATASETS:
-        cov = lake_status.coverage(store, name)
-        if cov.rows:
-            _print_coverage(cov)
+    snapshots = lake_status.snapshots(store)
+    if snapshots:
+        click.echo("universe snapshots")
+        for snap in snapshots:
+            click.echo(f"  {snap.category:<12} {len(snap.dates):>5} days, {snap.dates[0]} to {snap.dates[-1]}; "
+                       f"latest {snap.latest_rows:,} tickers")
+    click.echo("bars")
+    _print_coverages([c for c in (lake_status.coverage(store, d) for d in lake_status.BAR_DATASETS) if c.rows])
     others = [d for d in store.datasets() if d not in lake_status.BAR_DATASETS and d not in ("universe", "top3000")]
     for name in others:
-        click.echo(f"  {name:<16} {len(store.partitions(name)):>5} partitions {store.count(name):>14,} rows")
+        click.echo(f"{name}: {len(store.partitions(name))} partitions, {store.count(name):,} rows")
 
 
-def _print_coverage(cov) -> None:
-    gaps = cov.gaps
-    shown = ", ".join(d.isoformat() for d in gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else "")
-    sources = ", ".join(f"{s} {n:,}" for s, n in cov.sources.items())
-    click.echo(f"  {cov.dataset:<16} {len(cov.sessions):>5} sessions {cov.sessions[0]} to {cov.sessions[-1]}, "
-               f"{cov.rows:,} bars, first {cov.first_bar:%Y-%m-%d %H:%M} last {cov.last_bar:%Y-%m-%d %H:%M} UTC; "
-               f"gaps: {len(gaps)}{' (' + shown + ')' if gaps else ''}; sources: {sources}")
+def _print_coverages(coverages) -> None:
+    """One line per bar dataset: sessions, first and last bar, bars, gaps, sources; then the gaps."""
+    if not coverages:
+        click.echo("no bars yet: `market-platform backfill --from ... --to ...`")
+        return
+    click.echo(f"  {'dataset':<16}{'sessions':>9}  {'first bar (UTC)':<17} {'last bar (UTC)':<17}{'bars':>13}"
+               f"{'gaps':>6}  sources")
+    for cov in coverages:
+        sources = ", ".join(f"{s} {n:,}" for s, n in cov.sources.items())
+        click.echo(f"  {cov.dataset:<16}{len(cov.sessions):>9}  {cov.first_bar:%Y-%m-%d %H:%M}  "
+                   f"{cov.last_bar:%Y-%m-%d %H:%M} {cov.rows:>13,}{len(cov.gaps):>6}  {sources}")
+    gaps = coverages[0].gaps
+    if gaps:
+        shown = ", ".join(d.isoformat() for d in gaps[:8]) + (f" and {len(gaps) - 8} more" if len(gaps) > 8 else "")
+        click.echo(f"sessions without {coverages[0].dataset} between the first and the last: {shown}")
 
 
 def _dataset_partitions(store, dataset: str) -> None:
