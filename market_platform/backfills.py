@@ -14,11 +14,15 @@ Backfills) with its runs, whichever way it runs:
   final status up to date.
 
 Either way a run is resumable: kill it, launch again, and the new runs fetch only what the
-killed one had not staged (`history.bars`).
+killed one had not staged (`history.bars`). A backfill whose process was killed cannot record its
+end; the next launch on the same host marks it FAILED, and its unfinished runs failed
+(`reap_abandoned`), so the UI does not show them in progress forever.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +32,20 @@ from typing import Any
 import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus, PartitionBackfill
+from dagster._core.execution.backfill import (
+    BULK_ACTION_TERMINAL_STATUSES,
+    BulkActionsFilter,
+    BulkActionStatus,
+    PartitionBackfill,
+)
 from dagster._core.utils import make_new_backfill_id
 
 from market_platform import calendar
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
+#: Tags of a backfill run by the launching process: its host and pid.
+HOST_TAG, PID_TAG = "market_platform/host", "market_platform/pid"
 SESSIONS_PER_RUN = 10
 #: A daemon heartbeat younger than this means a daemon is running.
 HEARTBEAT_SECONDS = 60.0
@@ -131,12 +142,42 @@ def _sessions_done(subset: AssetGraphSubset) -> int:
     return min((len(p) for p in by_asset.values()), default=0) if by_asset else 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_abandoned(instance: dg.DagsterInstance) -> list[str]:
+    """Mark FAILED the in-process backfills of this host whose process is gone, and their
+    unfinished runs failed; returns their ids."""
+    reaped = []
+    for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED])):
+        tags = backfill.tags or {}
+        if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+            continue
+        if _alive(int(tags[PID_TAG])):
+            continue
+        for run in instance.get_runs(dg.RunsFilter(tags={BACKFILL_TAG: backfill.backfill_id},
+                                                   statuses=[dg.DagsterRunStatus.STARTED,
+                                                             dg.DagsterRunStatus.STARTING])):
+            instance.report_run_failed(run, f"the process running backfill {backfill.backfill_id} is gone")
+        instance.update_backfill(backfill.with_status(BulkActionStatus.FAILED).with_end_timestamp(time.time()))
+        reaped.append(backfill.backfill_id)
+    return reaped
+
+
 def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: list[dg.AssetKey],
              sessions: Sequence[date], *, run_config: dict, title: str, on_progress: Progress,
              tags: dict[str, str] | None = None, logging_config: dict | None = None) -> Outcome:
     """Record the backfill and execute its runs in this process (see the module docstring)."""
     graph = definitions.resolve_asset_graph()
-    backfill = _new_backfill(instance, definitions, keys, sessions, run_config, title, tags or {})
+    tags = {**(tags or {}), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    backfill = _new_backfill(instance, definitions, keys, sessions, run_config, title, tags)
     data = backfill.get_asset_backfill_data(graph)
     data = data.replace_requested_subset(data.target_subset).with_requested_runs_for_target_roots(True)
     backfill = backfill.with_asset_backfill_data(data, instance, graph)
@@ -151,7 +192,7 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
             result = job.execute_in_process(
                 run_config={**run_config, **({"loggers": logging_config} if logging_config else {})},
                 instance=instance, raise_on_error=False,
-                tags={**(tags or {}), BACKFILL_TAG: backfill.backfill_id,
+                tags={**tags, BACKFILL_TAG: backfill.backfill_id,
                       RANGE_START: chunk[0].isoformat(), RANGE_END: chunk[-1].isoformat()},
             )
             outcome.runs.append(result.run_id)

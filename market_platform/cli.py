@@ -324,6 +324,8 @@ def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: st
     keys = [a.key for tf in timeframes for a in TIMEFRAME_ASSETS[tf]]
     title = f"{label} {days[0].isoformat()}..{days[-1].isoformat()}" if len(days) > 1 else f"{label} {days[0]}"
     tags = {"market_platform/timeframes": ",".join(timeframes)}
+    for abandoned in backfills.reap_abandoned(instance):
+        click.echo(f"backfill {abandoned} lost its process: marked failed (this one resumes its work)", err=True)
     with click.progressbar(length=len(set(days)), label=f"backfill {len(set(days))} sessions",
                            file=sys.stderr, show_pos=True) as bar:
         if backfills.daemon_running(instance):

@@ -111,7 +111,7 @@ def test_discover_backfill_and_status(history_env, sim, monkeypatch):
     instance.dispose()
 
 
-def test_a_backfill_killed_midway_and_rerun_ends_exact(history_env, replay, sim):
+def test_a_backfill_killed_midway_and_rerun_ends_exact(history_env, replay, sim, monkeypatch):
     env, lake = history_env, lake_of(history_env)
     assert run(["discover", "us_equities", "--as-of", "2024-11-26"], env).returncode == 0
     replay.polygon.faults.delay(0.3, prefix="/v2/aggs")
@@ -147,3 +147,11 @@ def test_a_backfill_killed_midway_and_rerun_ends_exact(history_env, replay, sim)
     keys = stored.select(["symbol", "ts"]).group_by(["symbol", "ts"]).aggregate([([], "count_all")])
     assert keys.num_rows == stored.num_rows and pc.all(pc.equal(stored["source"], "polygon_rest")).as_py()
     assert lake.staged("minute_bars", "2024-11-26") == []
+
+    assert "lost its process: marked failed" in rerun.stderr  # the killed backfill is not left "in progress"
+    monkeypatch.setenv("MARKET_DB_URL", env["MARKET_DB_URL"])
+    instance = dg.DagsterInstance.from_config(str(Path(env["MARKET_PLATFORM_HOME"]) / "dagster"))
+    statuses = sorted(b.status.value for b in instance.get_backfills())
+    assert statuses == ["COMPLETED_SUCCESS", "FAILED"]
+    assert sorted(r.status.value for r in instance.get_runs() if "dagster/backfill" in r.tags) == ["FAILURE", "SUCCESS"]
+    instance.dispose()

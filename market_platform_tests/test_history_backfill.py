@@ -5,6 +5,7 @@ after-close schedule and flat-file verification that run them unattended."""
 
 from __future__ import annotations
 
+import time
 from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
@@ -293,3 +294,47 @@ def test_verification_waits_for_publication_and_for_a_new_etag():
     assert not list(verify_requests(later, recorded.get, etags.get))
     etags[day] = '"v2"'  # republished
     assert [r.run_key for r in verify_requests(later, recorded.get, etags.get)] == ["verify:2024-11-26:v2"]
+
+
+def test_backfill_runs_are_ten_consecutive_sessions_and_a_daemon_is_seen_by_its_heartbeat():
+    from dagster._daemon.types import DaemonHeartbeat
+
+    from market_platform.backfills import daemon_running, runs_of
+
+    days = calendar.sessions("2024-10-01", "2024-12-31")
+    assert [len(r) for r in runs_of(days[:25])] == [10, 10, 5]
+    assert runs_of([days[40], days[0], days[1], days[41]]) == [[days[0], days[1]], [days[40], days[41]]]
+    instance = dg.DagsterInstance.ephemeral()
+    assert not daemon_running(instance)
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 300, "BACKFILL", "old", None))
+    assert not daemon_running(instance)  # a daemon that stopped five minutes ago
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), "BACKFILL", "new", None))
+    assert daemon_running(instance)
+
+
+def test_merging_keeps_the_last_bar_of_a_key():
+    from market_platform.history.bars import dedupe_last
+
+    ts = [datetime(2024, 11, 26, 14, m, tzinfo=UTC) for m in (1, 0, 1, 2)]
+    table = pa.table({"symbol": ["B", "A", "B", "A"], "ts": ts, "close": [1.0, 2.0, 3.0, 4.0]})
+    merged = dedupe_last(table)
+    assert merged["symbol"].to_pylist() == ["A", "A", "B"]
+    assert merged["close"].to_pylist() == [2.0, 4.0, 3.0]  # B at 14:01 twice: the later row wins
+
+
+def test_with_no_keys_the_replay_starts_here_and_publishes_files_once_due():
+    from market_platform.history import vendors as vendors_module
+    from market_platform_tests.fixtures.sim import small_sim
+
+    market = small_sim(seed=11)
+    now = datetime(2024, 11, 27, 10, 0, tzinfo=calendar.NEW_YORK)  # before 11:00: the 26th is not out yet
+    vendors = Vendors.from_env({}, market=lambda: market, clock=lambda: now)
+    assert vendors.replay is vendors_module.local_replay(market)  # one replay per process and market
+    assert "no vendor keys" in vendors.describe() and "127.0.0.1" in vendors.describe()
+    assert vendors.flatfile_etag(SIM_DAY) is None and vendors.choose(SIM_DAY, "rest") == "polygon_rest"
+    assert vendors.flatfile_etag(date(2024, 11, 25)) is not None  # due since the 26th at 11:00: published
+    later = Vendors.from_env({}, market=lambda: market, clock=lambda: now + timedelta(hours=2),
+                             flatfiles_after_days=0)
+    assert later.choose(SIM_DAY) == "polygon_flatfiles"
+    bars = later.flatfiles.minute_bars(SIM_DAY, ["AAPL"])
+    assert bars.select(COMMON).equals(market.minute_bars(SIM_DAY, ["AAPL"]).select(COMMON))

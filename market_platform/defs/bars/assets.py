@@ -43,27 +43,30 @@ def backfill_partitions(context: dg.AssetExecutionContext, config: BarsConfig, v
     days = [date.fromisoformat(key) for key in context.partition_keys]
     if config.tickers and config.check_tickers:
         v.check_symbols(config.tickers, days[0], days[-1])
-    results: list[SessionResult] = []
+    per_session: dict[str, dict] = {}  # one session's result at a time: a day of bars can be 100 MB
+    sources: set[str] = set()
+    last: SessionResult | None = None
+    rows = 0
     snapshots: dict[str, dict[str, str]] = {}
     for day in days:
         if config.tickers:
             symbols = config.tickers
         else:
             symbols, snapshots[day.isoformat()] = session_symbols(store, day, config.universe)
-        result = backfill_session(v, store, day, symbols, timeframe=timeframe, source=config.source,
-                                  stage_every=config.stage_every, log=context.log.info)
-        context.log.info(f"{day}: {result.rows:,} {result.dataset} rows from {result.source}; {result.fetched} "
-                         f"tickers fetched, {result.resumed} resumed" + (f", etag {result.etag}" if result.etag else ""))
-        results.append(result)
-    by_session = {r.day.isoformat(): {"source": r.source, "rows": r.rows, "tickers": r.symbols, "fetched": r.fetched,
-                                      "resumed": r.resumed, "confirmed": r.confirmed, "etag": r.etag}
-                  for r in results}
+        last = backfill_session(v, store, day, symbols, timeframe=timeframe, source=config.source,
+                                stage_every=config.stage_every, log=context.log.info)
+        context.log.info(f"{day}: {last.rows:,} {last.dataset} rows from {last.source}; {last.fetched} "
+                         f"tickers fetched, {last.resumed} resumed" + (f", etag {last.etag}" if last.etag else ""))
+        per_session[day.isoformat()] = {"source": last.source, "rows": last.rows, "tickers": last.symbols,
+                                       "fetched": last.fetched, "resumed": last.resumed,
+                                       "confirmed": last.confirmed, "etag": last.etag}
+        sources.add(last.source)
+        rows += last.rows
     metadata: dict[str, dg.MetadataValue] = (
-        table_metadata(results[0].table) if len(results) == 1
-        else {"rows": dg.MetadataValue.int(sum(r.rows for r in results))})
+        table_metadata(last.table) if len(days) == 1 else {"rows": dg.MetadataValue.int(rows)})
     metadata.update({
-        "source": dg.MetadataValue.text(", ".join(sorted({r.source for r in results}))),
-        "by_session": dg.MetadataValue.json(by_session),
+        "source": dg.MetadataValue.text(", ".join(sorted(sources))),
+        "by_session": dg.MetadataValue.json(per_session),
         "vendors": dg.MetadataValue.text(v.describe()),
     })
     if snapshots:
