@@ -27,6 +27,7 @@ twice writes the same file.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -167,8 +168,11 @@ class _Stager:
         self.done: set[str] = set()
         for name in self.pieces:
             self.done.update(lake.read_staged(PROGRESS_DATASET, self.progress_spec, name).column("symbol").to_pylist())
-        numbers = [int(n[len(prefix):]) for n in bars | progress if n.startswith(prefix) and n[len(prefix):].isdigit()]
+        numbers = [int(n[len(prefix):].split("-")[0]) for n in bars | progress
+                   if n.startswith(prefix) and n[len(prefix):].split("-")[0].isdigit()]
         self._next = max(numbers, default=0) + 1
+        # A run's own suffix: two runs staging the same partition at once never overwrite each other.
+        self._token = uuid.uuid4().hex[:8]
         self._pending: list[tuple[str, pa.Table]] = []
         self._since = time.monotonic()
 
@@ -188,7 +192,7 @@ class _Stager:
         """Stage the pending tickers: the bars piece first, then the progress piece that vouches for it."""
         if not self._pending:
             return
-        name = f"{self.source}-{self._next:06d}"
+        name = f"{self.source}-{self._next:06d}-{self._token}"
         tables = [t for _, t in self._pending if t.num_rows]
         bars = pa.concat_tables(tables) if tables else BARS.empty_table()
         progress = pa.table({"symbol": [s for s, _ in self._pending],
