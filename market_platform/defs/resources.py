@@ -96,7 +96,8 @@ class VendorsResource(dg.ConfigurableResource):
     start on loopback in the run's process, so every client library runs as in production (see
     `market_platform.history.vendors`). Sessions older than `flatfiles_after_days` come from the
     Flat Files; `provider` picks the REST and reference-data vendor (auto, polygon, alpaca). Rate
-    limits are calls per `rate_period_seconds` (a minute, as plans state them)."""
+    limits are calls per `rate_period_seconds` (a minute, as plans state them), spaced by
+    `rate_margin_seconds` more (default 1% of the period) for the network's jitter."""
 
     polygon_api_key: Optional[str] = None
     polygon_base_url: Optional[str] = None
@@ -117,6 +118,7 @@ class VendorsResource(dg.ConfigurableResource):
     retry_attempts: int = 5
     retry_backoff_seconds: float = 0.5
     rate_period_seconds: float = 60.0
+    rate_margin_seconds: Optional[float] = None
     polygon_page_limit: int = 50_000
     market: Optional[SimMarketResource] = None
 
@@ -145,7 +147,8 @@ class VendorsResource(dg.ConfigurableResource):
                 market=lambda: market.market, provider=self.provider,
                 flatfiles_after_days=self.flatfiles_after_days, workers=self.workers,
                 retry=RetryPolicy(attempts=self.retry_attempts, backoff=self.retry_backoff_seconds),
-                rate_period=self.rate_period_seconds, page_limit=self.polygon_page_limit,
+                rate_period=self.rate_period_seconds, rate_margin=self.rate_margin_seconds,
+                page_limit=self.polygon_page_limit,
             )
         return self._vendors
 

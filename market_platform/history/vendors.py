@@ -154,12 +154,13 @@ class Vendors:
         workers: int = 8,
         retry: RetryPolicy = RetryPolicy(),
         rate_period: float = 60.0,
+        rate_margin: float | None = None,
         page_limit: int = 50_000,
         clock: Clock = system_clock,
     ) -> Vendors:
         """Sources from the vendors' variables (see `settings`; rate limits are calls per
-        `rate_period` seconds), or the local replay of `market()` (default: the 3,000-stock
-        simulated market) when no vendor key is set."""
+        `rate_period` seconds, spaced by `rate_margin` more, see `RateLimiter`), or the local replay
+        of `market()` (default: the 3,000-stock simulated market) when no vendor key is set."""
         env = os.environ if environ is None else environ
         common = {"provider": provider, "flatfiles_after_days": flatfiles_after_days, "clock": clock}
         polygon_options = {"workers": workers, "retry": retry, "check_unknown": False, "page_limit": page_limit}
@@ -169,11 +170,12 @@ class Vendors:
                        alpaca=servers.alpaca_source(retry=retry), replay=servers, **common)
         polygon = flatfiles = alpaca = None
         if env.get(settings.POLYGON_API_KEY_VAR):
-            polygon = PolygonSource.from_env(env, rate_period=rate_period, **polygon_options)
+            polygon = PolygonSource.from_env(env, rate_period=rate_period, rate_margin=rate_margin,
+                                             **polygon_options)
         if env.get(settings.POLYGON_S3_ACCESS_KEY_VAR) or env.get(settings.POLYGON_S3_SECRET_KEY_VAR):
             flatfiles = FlatFilesSource.from_env(env)
         if env.get(settings.ALPACA_API_KEY_VAR) or env.get(settings.ALPACA_SECRET_KEY_VAR):
-            alpaca = AlpacaSource.from_env(env, retry=retry, rate_period=rate_period)
+            alpaca = AlpacaSource.from_env(env, retry=retry, rate_period=rate_period, rate_margin=rate_margin)
         return cls(polygon=polygon, flatfiles=flatfiles, alpaca=alpaca, **common)
 
     def __repr__(self) -> str:
