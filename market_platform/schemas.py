@@ -99,6 +99,21 @@ UNIVERSE = pa.schema(
 #: Ticker categories, as partitions of `ticker_universe`.
 CATEGORIES = ("us_equities", "etf", "crypto", "fx", "options", "indices", "otc")
 
+#: A universe ranked by a measure: UNIVERSE rows plus their rank (1 = first) and the average
+#: daily dollar volume (close x volume) they were ranked by, e.g. the `top3000` universe.
+RANKED_UNIVERSE = UNIVERSE.append(pa.field("rank", pa.int32(), nullable=False)).append(
+    pa.field("dollar_volume", pa.float64(), nullable=False)
+)
+
+#: What a resumable backfill has fetched of a partition so far: one row per ticker done (with the
+#: bars it had, possibly none), staged beside the bars themselves.
+PROGRESS = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("rows", pa.int64(), nullable=False),
+    ]
+)
+
 #: Columns that identify a row; writers deduplicate on them.
 KEYS: dict[str, tuple[str, ...]] = {
     "bars": ("symbol", "ts", "source"),

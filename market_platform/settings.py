@@ -6,7 +6,8 @@
 | MARKET_DB_URL          | PostgreSQL/TimescaleDB URL of the tick store | an embedded server under the home |
 | MARKET_LAKE_URL        | Parquet lake root: a path or s3://bucket/pfx | $MARKET_PLATFORM_HOME/lake       |
 
-Vendors (read by the adapters' `from_env`, never at import; unset keys mean the simulated market):
+Vendors (read by the adapters' `from_env` and the `vendors` Dagster resource, never at import; with no
+vendor key at all, the platform's replay servers of the simulated market start on loopback instead):
 
 | variable               | meaning                                      | default                          |
 | ---------------------- | -------------------------------------------- | -------------------------------- |

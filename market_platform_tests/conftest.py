@@ -7,4 +7,5 @@ pytest_plugins: list[str] = [
     "market_platform_tests.fixtures.replay",
     "market_platform_tests.fixtures.metrics",
     "market_platform_tests.fixtures.stream",
+    "market_platform_tests.fixtures.history",
 ]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import market_platform.history.bars  # noqa: F401  (registers the vendor_bars_* datasets)
 from market_platform.storage.lake import Lake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ def test_a_holiday_partition_is_refused_with_the_reason(env):
 
 
 def test_an_unknown_dataset_is_refused(env):
-    result = run([str(BIN / "market-platform"), "lake", "minute_barz"], env)
+    result = run([str(BIN / "market-platform"), "status", "--dataset", "minute_barz"], env)
     assert_one_error_line(result, "unknown lake dataset 'minute_barz'", "minute_bars")
 
 
@@ -66,27 +67,38 @@ def test_db_init_then_status(env):
     assert "bars_1m" in json.dumps(status)
 
 
-def test_demo_builds_the_last_sessions(env):
-    result = run([str(BIN / "market-platform"), "demo", "--sessions", "1", "--stocks", "20"], env)
+def test_demo_backfills_through_the_replay_servers(env):
+    result = run([str(BIN / "market-platform"), "demo", "--sessions", "1", "--history", "1", "--stocks", "20"],
+                 {**env, "POLYGON_API_KEY": "a-real-key-the-demo-must-not-use"})
     assert result.returncode == 0, result.stderr
-    assert "built 1 sessions of 20 simulated stocks" in result.stdout
+    assert "built 2 sessions of 20 simulated stocks through the replay servers" in result.stdout
+    assert "the local replay servers (no vendor keys set)" in result.stdout
     lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
-    assert set(lake.datasets()) >= {"minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "universe"}
+    assert set(lake.datasets()) >= {"minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "universe",
+                                    "vendor_bars_1d"}
+    sources = lake.query("SELECT DISTINCT source FROM minute_bars ORDER BY 1")["source"].to_pylist()
+    assert sources == ["polygon_flatfiles", "polygon_rest"]  # two months ago from the files, yesterday from REST
 
 
 def test_dagster_cli_validates_materializes_and_executes_from_the_repository_root(env):
     validate = run([str(BIN / "dagster"), "definitions", "validate"], env)
     assert validate.returncode == 0, validate.stderr[-2000:]
 
+    lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
+    # No vendor key: the replay servers start in the run's process.
+    universe = run([str(BIN / "dagster"), "asset", "materialize", "-m", "market_platform.definitions",
+                    "--select", "ticker_universe", "--partition", "us_equities"], env)
+    assert universe.returncode == 0, universe.stderr[-2000:]
+    assert lake.partitions("universe")[0]["category"] == "us_equities"
     materialize = run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "market_platform.definitions",
-         "--select", "ticker_universe,minute_bars", "--partition", "2024-11-29"], env)
+         "--select", "minute_bars", "--partition", "2024-11-29"], env)
     assert materialize.returncode == 0, materialize.stderr[-2000:]
-    lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
     assert lake.count("minute_bars", "2024-11-29") > 0
 
     execute = run(
         [str(BIN / "dagster"), "job", "execute", "-m", "market_platform.definitions", "-j", "bars_job",
          "--tags", json.dumps({"dagster/partition": "2024-11-26"})], env)
     assert execute.returncode == 0, execute.stderr[-2000:]
-    assert lake.count("bars_1d", "2024-11-26") == lake.count("universe", {"category": "us_equities", "date": "2024-11-26"}) + lake.count("universe", {"category": "etf", "date": "2024-11-26"})
+    symbols = lake.query("SELECT count(DISTINCT symbol) AS n FROM minute_bars WHERE date = '2024-11-26'")["n"][0].as_py()
+    assert lake.count("bars_1d", "2024-11-26") == symbols > 0

@@ -1,4 +1,5 @@
-"""The bars slice through Dagster: universe -> minute bars -> rollups, on a real lake and database."""
+"""The bars slice through Dagster: universe snapshot -> minute bars from the vendors (the real clients
+on the replay servers) -> rollups, on a real lake."""
 
 from datetime import date
 
@@ -9,13 +10,17 @@ import pytest
 
 from market_platform import calendar
 from market_platform.defs.bars.assets import bars_15m, bars_1d, bars_1h, bars_5m, bars_job, minute_bars
-from market_platform.defs.partitions import trading_days_def
-from market_platform.defs.resources import LakeResource, SimMarketResource, TickStoreResource
-from market_platform.defs.universe.assets import ticker_universe
+from market_platform.defs.partitions import categories_def, trading_days_def
+from market_platform.defs.resources import LakeResource
 from market_platform.definitions import defs
+from market_platform.history import universe
+from market_platform_tests.fixtures.history import replay_vendors
 
-ASSETS = [ticker_universe, minute_bars, bars_5m, bars_15m, bars_1h, bars_1d]
+ASSETS = [minute_bars, bars_5m, bars_15m, bars_1h, bars_1d]
 HALF_DAY = "2024-11-29"
+#: What every source carries (the Flat Files have no VWAP).
+COMMON = ["symbol", "ts", "open", "high", "low", "close", "volume", "trade_count"]
+REST = {"ops": {"minute_bars": {"config": {"source": "rest"}}}}
 
 SECRET_VARS = (
     "ALPACA_API_KEY", "ALPACA_SECRET_KEY", "ALPACA_FEED", "POLYGON_API_KEY",
@@ -24,25 +29,34 @@ SECRET_VARS = (
 
 
 @pytest.fixture
-def resources(tmp_path, db_url):
-    return {
-        "bars_source": SimMarketResource(n_stocks=20, n_crypto=5, activity=0.02),
-        "lake": LakeResource(url=str(tmp_path / "lake")),
-        "tick_store": TickStoreResource(url=db_url),
-    }
+def resources(tmp_path, replay):
+    return {"vendors": replay_vendors(replay), "lake": LakeResource(url=str(tmp_path / "lake"))}
+
+
+def discover_stocks(resources, day: str) -> None:
+    for category in universe.STOCK_CATEGORIES:
+        universe.discover(resources["vendors"].vendors(), resources["lake"].lake(), category, date.fromisoformat(day))
 
 
 def test_definitions_load_with_no_secrets(monkeypatch, tmp_path):
     for name in SECRET_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MARKET_PLATFORM_HOME", str(tmp_path))
+    from market_platform.history import vendors
+
+    replays = dict(vendors._LOCAL)
     definitions = defs()
     dg.Definitions.validate_loadable(definitions)
     keys = {key.to_user_string() for key in definitions.resolve_all_asset_keys()}
-    assert {"ticker_universe", "minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d"} <= keys
+    assert {"ticker_universe", "minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "top3000_universe",
+            "vendor_bars_5m", "vendor_bars_1d"} <= keys
     assert definitions.resolve_job_def("bars_job").partitions_def == trading_days_def
-    # Loading must not have started a database or written anything.
+    assert definitions.resolve_assets_def("ticker_universe").partitions_def == categories_def
+    assert {"after_close_schedule"} <= {s.name for s in definitions.schedules}
+    assert {"universe_change_sensor", "flatfiles_verify_sensor"} <= {s.name for s in definitions.sensors}
+    # Loading must not have started a database, a replay server or written anything.
     assert not (tmp_path / "postgres").exists()
+    assert vendors._LOCAL == replays
 
 
 def test_trading_days_partitions_follow_the_exchange_calendar():
@@ -54,8 +68,9 @@ def test_trading_days_partitions_follow_the_exchange_calendar():
     assert HALF_DAY in keys and "2024-11-30" not in keys
 
 
-def test_bars_job_builds_the_lake_and_a_rerun_gives_identical_files(resources):
+def test_bars_job_builds_the_lake_and_a_rerun_gives_identical_files(resources, sim):
     lake = resources["lake"].lake()
+    discover_stocks(resources, HALF_DAY)
     digests = []
     job = dg.Definitions(assets=ASSETS, jobs=[bars_job], resources=resources).resolve_job_def("bars_job")
     for _ in range(2):
@@ -64,19 +79,15 @@ def test_bars_job_builds_the_lake_and_a_rerun_gives_identical_files(resources):
                         for ds in ("minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d")})
     assert digests[0] == digests[1]
 
-    sim = resources["bars_source"].market
     day = date.fromisoformat(HALF_DAY)
     expected = sim.minute_bars(day, sim.stock_symbols(day))
     stored = lake.read_partition("minute_bars", HALF_DAY)
     assert stored.num_rows == expected.num_rows > 0
-    assert stored.equals(expected)
+    assert stored.select(COMMON).equals(expected.select(COMMON))
+    assert set(stored["source"].to_pylist()) == {"polygon_flatfiles"}  # an old session: the flat file
     # A half day: nothing after the 17:00 after-hours close.
     session = calendar.session(HALF_DAY)
     assert pc.max(stored["ts"]).as_py() < session.after_hours_close
-    universe = resources["tick_store"].store().read_arrow(
-        "SELECT symbol FROM universe WHERE snapshot_date = %s", [day]
-    )
-    assert sorted(universe["symbol"].to_pylist()) == sim.stock_symbols(day)
 
 
 def _pandas_rollup(minute: pd.DataFrame, rule: str) -> pd.DataFrame:
@@ -96,7 +107,8 @@ def _pandas_rollup(minute: pd.DataFrame, rule: str) -> pd.DataFrame:
 
 @pytest.mark.parametrize("day", ["2024-11-26", HALF_DAY])
 def test_rollups_equal_an_independent_pandas_resample(resources, day):
-    result = dg.materialize(ASSETS, partition_key=day, resources=resources)
+    discover_stocks(resources, day)
+    result = dg.materialize(ASSETS, partition_key=day, resources=resources, run_config=REST)  # REST: with VWAP
     assert result.success
     lake = resources["lake"].lake()
     minute = lake.read_partition("minute_bars", day).to_pandas()
@@ -109,7 +121,7 @@ def test_rollups_equal_an_independent_pandas_resample(resources, day):
         for column in ("open", "high", "low", "close", "volume", "trade_count"):
             assert (ours[column].to_numpy() == theirs[column].to_numpy()).all(), (dataset, column)
         assert ours["vwap"].to_numpy() == pytest.approx(theirs["vwap"].to_numpy(), rel=1e-12), dataset
-        assert (ours["source"] == "sim").all()
+        assert (ours["source"] == "polygon_rest").all()
     daily = lake.read_partition("bars_1d", day)
     midnight = pd.Timestamp(day, tz="America/New_York").tz_convert("UTC")
     assert set(daily["ts"].to_pylist()) == {midnight.to_pydatetime()}
@@ -119,4 +131,4 @@ def test_minute_bars_without_a_universe_snapshot_fails_clearly(resources):
     result = dg.materialize([minute_bars], partition_key="2024-11-26", resources=resources, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "materialize ticker_universe for that session first" in str(failure.step_failure_data.error)
+    assert "no stocks universe snapshot in the lake: discover it first" in str(failure.step_failure_data.error)

@@ -1,4 +1,4 @@
-"""Partitions: trading days in New York (stocks) and UTC days (crypto)."""
+"""Partitions: trading days in New York (stocks), UTC days (crypto) and ticker categories."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import datetime
 import dagster as dg
 
 from market_platform import calendar
+from market_platform.schemas import CATEGORIES
 
 # Saturday and Sunday ticks of the daily cron; holidays are excluded one by one.
 WEEKEND_CRONS = ["0 0 * * 6", "0 0 * * 0"]
@@ -48,3 +49,5 @@ def crypto_days(start: str = "2018-01-01") -> dg.DailyPartitionsDefinition:
 
 trading_days_def = trading_days()
 crypto_days_def = crypto_days()
+#: Ticker categories: one partition of `ticker_universe` each.
+categories_def = dg.StaticPartitionsDefinition(list(CATEGORIES))

@@ -17,7 +17,9 @@ from pydantic import PrivateAttr
 
 from market_platform import settings
 from market_platform.defs.streaming.resources import AlpacaStreamResource
+from market_platform.history.vendors import DEFAULT_FLATFILES_AFTER_DAYS, Vendors
 from market_platform.sources.sim import SimMarket
+from market_platform.sources.vendor import RetryPolicy
 from market_platform.storage.lake import Lake
 from market_platform.storage.timescale import Retention, TickStore
 
@@ -120,6 +122,87 @@ class AlertsResource(dg.ConfigurableResource):
         )
 
 
+class VendorsResource(dg.ConfigurableResource):
+    """Market data vendors: Polygon REST and Flat Files, Alpaca REST, keys and URLs given through
+    `dg.EnvVar`. With no key at all, the platform's replay servers of the simulated market `market`
+    start on loopback in the run's process, so every client library runs as in production (see
+    `market_platform.history.vendors`). Sessions older than `flatfiles_after_days` come from the
+    Flat Files; `provider` picks the REST and reference-data vendor (auto, polygon, alpaca). Rate
+    limits are calls per `rate_period_seconds` (a minute, as plans state them), spaced by
+    `rate_margin_seconds` more (default 1% of the period) for the network's jitter."""
+
+    polygon_api_key: Optional[str] = None
+    polygon_base_url: Optional[str] = None
+    polygon_rate_limit: Optional[int] = None
+    polygon_s3_access_key: Optional[str] = None
+    polygon_s3_secret_key: Optional[str] = None
+    polygon_s3_endpoint: Optional[str] = None
+    polygon_s3_bucket: Optional[str] = None
+    alpaca_api_key: Optional[str] = None
+    alpaca_secret_key: Optional[str] = None
+    alpaca_feed: Optional[str] = None
+    alpaca_data_url: Optional[str] = None
+    alpaca_trading_url: Optional[str] = None
+    alpaca_rate_limit: Optional[int] = None
+    provider: str = "auto"
+    flatfiles_after_days: int = DEFAULT_FLATFILES_AFTER_DAYS
+    workers: int = 8
+    retry_attempts: int = 5
+    retry_backoff_seconds: float = 0.5
+    rate_period_seconds: float = 60.0
+    rate_margin_seconds: Optional[float] = None
+    polygon_page_limit: int = 50_000
+    market: Optional[SimMarketResource] = None
+
+    _vendors: Optional[Vendors] = PrivateAttr(default=None)
+
+    def vendors(self) -> Vendors:
+        if self._vendors is None:
+            values = {
+                settings.POLYGON_API_KEY_VAR: self.polygon_api_key,
+                settings.POLYGON_BASE_URL_VAR: self.polygon_base_url,
+                settings.POLYGON_RATE_LIMIT_VAR: self.polygon_rate_limit,
+                settings.POLYGON_S3_ACCESS_KEY_VAR: self.polygon_s3_access_key,
+                settings.POLYGON_S3_SECRET_KEY_VAR: self.polygon_s3_secret_key,
+                settings.POLYGON_S3_ENDPOINT_VAR: self.polygon_s3_endpoint,
+                settings.POLYGON_S3_BUCKET_VAR: self.polygon_s3_bucket,
+                settings.ALPACA_API_KEY_VAR: self.alpaca_api_key,
+                settings.ALPACA_SECRET_KEY_VAR: self.alpaca_secret_key,
+                settings.ALPACA_FEED_VAR: self.alpaca_feed,
+                settings.ALPACA_DATA_URL_VAR: self.alpaca_data_url,
+                settings.ALPACA_TRADING_URL_VAR: self.alpaca_trading_url,
+                settings.ALPACA_RATE_LIMIT_VAR: self.alpaca_rate_limit,
+            }
+            market = self.market or SimMarketResource()
+            self._vendors = Vendors.from_env(
+                {name: str(value) for name, value in values.items() if value is not None},
+                market=lambda: market.market, provider=self.provider,
+                flatfiles_after_days=self.flatfiles_after_days, workers=self.workers,
+                retry=RetryPolicy(attempts=self.retry_attempts, backoff=self.retry_backoff_seconds),
+                rate_period=self.rate_period_seconds, rate_margin=self.rate_margin_seconds,
+                page_limit=self.polygon_page_limit,
+            )
+        return self._vendors
+
+
+#: VendorsResource field -> the variable it is read from.
+VENDOR_FIELDS = {
+    "polygon_api_key": settings.POLYGON_API_KEY_VAR,
+    "polygon_base_url": settings.POLYGON_BASE_URL_VAR,
+    "polygon_rate_limit": settings.POLYGON_RATE_LIMIT_VAR,
+    "polygon_s3_access_key": settings.POLYGON_S3_ACCESS_KEY_VAR,
+    "polygon_s3_secret_key": settings.POLYGON_S3_SECRET_KEY_VAR,
+    "polygon_s3_endpoint": settings.POLYGON_S3_ENDPOINT_VAR,
+    "polygon_s3_bucket": settings.POLYGON_S3_BUCKET_VAR,
+    "alpaca_api_key": settings.ALPACA_API_KEY_VAR,
+    "alpaca_secret_key": settings.ALPACA_SECRET_KEY_VAR,
+    "alpaca_feed": settings.ALPACA_FEED_VAR,
+    "alpaca_data_url": settings.ALPACA_DATA_URL_VAR,
+    "alpaca_trading_url": settings.ALPACA_TRADING_URL_VAR,
+    "alpaca_rate_limit": settings.ALPACA_RATE_LIMIT_VAR,
+}
+
+
 def env_var(name: str) -> dg.EnvVar | None:
     """`dg.EnvVar(name)` when the variable is set, else None (the resource's own default).
 
@@ -129,8 +212,29 @@ def env_var(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name) else None
 
 
+def vendors_resource(market: SimMarketResource | None = None) -> VendorsResource:
+    """The vendors, every key and URL through `dg.EnvVar` (only for variables that are set)."""
+    fields = {name: env_var(var) for name, var in VENDOR_FIELDS.items()}
+    # Integer fields take an int: EnvVar.int resolves the variable at run time like EnvVar.
+    for name in ("polygon_rate_limit", "alpaca_rate_limit"):
+        if fields[name] is not None:
+            fields[name] = dg.EnvVar.int(VENDOR_FIELDS[name])
+    return VendorsResource(**{k: v for k, v in fields.items() if v is not None}, market=market)
+
+
+def sim_market_resource() -> SimMarketResource:
+    """The simulated market of `MARKET_SIM_STOCKS` stocks (default 3000) at `MARKET_SIM_ACTIVITY`
+    (default 1.0: a full session of 3,000 stocks is about 80 million quotes)."""
+    return SimMarketResource(
+        n_stocks=int(os.environ.get("MARKET_SIM_STOCKS", "3000")),
+        activity=float(os.environ.get("MARKET_SIM_ACTIVITY", "1.0")),
+    )
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources wired from the environment: vendor keys select real vendors, else the simulator."""
+    """Resources wired from the environment: vendor keys select real vendors, else the replay
+    servers of the simulated market (`MARKET_SIM_STOCKS` stocks)."""
+    market = sim_market_resource()
     return {
         "tick_store": TickStoreResource(url=env_var(settings.DB_URL_VAR)),
         "lake": LakeResource(
@@ -140,10 +244,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             s3_secret_key=env_var("AWS_SECRET_ACCESS_KEY"),
             s3_region=env_var("AWS_DEFAULT_REGION"),
         ),
-        "bars_source": SimMarketResource(
-            n_stocks=int(os.environ.get("MARKET_SIM_STOCKS", "3000")),
-            activity=float(os.environ.get("MARKET_SIM_ACTIVITY", "1.0")),
-        ),
+        "bars_source": market,
+        "vendors": vendors_resource(market),
         "alpaca_stream": AlpacaStreamResource(
             api_key=env_var("ALPACA_API_KEY"),
             secret_key=env_var("ALPACA_SECRET_KEY"),

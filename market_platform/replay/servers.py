@@ -11,6 +11,7 @@ on loopback, serving one market, with the keys to use and the environment a user
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from collections.abc import Callable
@@ -25,6 +26,10 @@ from market_platform.replay.flatfiles import FlatFilesReplay
 from market_platform.replay.http import Clock, system_clock
 from market_platform.replay.polygon import PolygonReplay
 from market_platform.sources.sim import SimMarket
+
+
+#: Calls per minute `env()` gives clients of a replay without a rate limit.
+UNLIMITED_RATE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -146,9 +151,11 @@ class ReplayServers:
     def s3_endpoint(self) -> str:
         return self.flatfiles.endpoint
 
-    def env(self) -> dict[str, str]:
-        """The environment that points the platform's adapters at these servers."""
-        return {
+    def env(self, *, rates: bool = False) -> dict[str, str]:
+        """The environment that points the platform's adapters at these servers. With `rates`, also
+        the REST servers' rate limit as the clients' (calls per minute; a very high one when they
+        have none), so that clients do not wait at a vendor plan's default rate."""
+        env = {
             settings.POLYGON_API_KEY_VAR: self.keys.polygon_api_key,
             settings.POLYGON_BASE_URL_VAR: self.polygon_url,
             settings.POLYGON_S3_ACCESS_KEY_VAR: self.keys.s3_access_key,
@@ -161,6 +168,11 @@ class ReplayServers:
             settings.ALPACA_TRADING_URL_VAR: self.alpaca_url,
             settings.ALPACA_FEED_VAR: "sip",
         }
+        if rates:
+            limit = self.polygon.rate_limit
+            per_minute = str(math.ceil(limit.calls * 60 / limit.window) if limit.calls else UNLIMITED_RATE)
+            env.update({settings.POLYGON_RATE_LIMIT_VAR: per_minute, settings.ALPACA_RATE_LIMIT_VAR: per_minute})
+        return env
 
     def polygon_source(self, **options: Any):
         """A PolygonSource on this server (no client-side rate limit unless given)."""
@@ -206,7 +218,7 @@ def serve(servers: ReplayServers, *, echo: Callable[[str], None] = print,
         limit = servers.polygon.rate_limit
         echo(f"rate limit     {f'{limit.calls} calls per {limit.window:g}s per key' if limit.calls else 'none'}")
         echo("\nto point the platform at the replay:")
-        for name, value in servers.env().items():
+        for name, value in servers.env(rates=True).items():
             echo(f"export {name}={value}")
         echo("\nCtrl-C to stop")
         while not stop.wait(0.5):

@@ -1,56 +1,122 @@
-"""Bars in the lake: 1-minute bars per session from the source, and their rollups by DuckDB."""
+"""Bars in the lake: 1-minute bars per session from the vendors, their rollups by DuckDB, and the
+vendors' own 5m/15m/1h/1d bars beside ours.
 
+A session's tickers are the `tickers` of the run config, or the universe snapshot in force on the
+session (`history.universe.session_symbols`): the latest snapshot on or before it, else the first
+after it. The source per session follows `Vendors.choose`: Flat Files for sessions older than 30
+days, REST for recent ones, Alpaca as the alternative provider; every run is resumable at ticker
+granularity and merges into the session (`history.bars`).
+"""
 
+import json
 from datetime import date
+from typing import Optional
 
 import dagster as dg
-import pyarrow as pa
+from pydantic import Field
 
 from market_platform.defs.metadata import table_metadata
-from market_platform.errors import PartitionNotFoundError
 from market_platform.defs.partitions import BACKFILL_POLICY, trading_days_def
-from market_platform.defs.resources import LakeResource, SimMarketResource
-from market_platform.defs.universe.assets import STOCK_CATEGORIES, ticker_universe
+from market_platform.defs.resources import LakeResource, VendorsResource
+from market_platform.defs.universe.assets import STOCK_UNIVERSE_DEP
+from market_platform.history.bars import SessionResult, backfill_session, dataset_for
+from market_platform.history.universe import session_symbols
 from market_platform.storage import rollups
-from market_platform.storage.lake import Lake
 
 
-def universe_symbols(lake: Lake, day: date) -> list[str]:
-    """Symbols of the stock universe snapshot of `day`, as stored by `ticker_universe`."""
-    try:
-        tables = [
-            lake.read_partition("universe", {"category": c, "date": day.isoformat()}, columns=["symbol"])
-            for c in STOCK_CATEGORIES
-        ]
-    except PartitionNotFoundError:
-        raise PartitionNotFoundError(
-            f"no ticker_universe snapshot for {day.isoformat()} in the lake: materialize "
-            "ticker_universe for that session first"
-        ) from None
-    return sorted(pa.concat_tables(tables)["symbol"].to_pylist())
+class BarsConfig(dg.Config):
+    tickers: Optional[list[str]] = Field(
+        default=None, description="Only these tickers, merged into the sessions (default: the universe snapshot "
+                                  "in force on each session)")
+    universe: str = Field(default="stocks", description="The universe to follow: stocks (us_equities and etf) "
+                                                        "or top3000")
+    source: str = Field(default="auto", description="auto (Flat Files for old sessions, else REST), rest, "
+                                                    "polygon_flatfiles, polygon_rest or alpaca_rest")
+    check_tickers: bool = Field(default=True, description="Check `tickers` against the vendor's reference data")
+    stage_every: int = Field(default=100, description="Stage fetched tickers in pieces of this many (resume point)")
+
+
+def backfill_partitions(context: dg.AssetExecutionContext, config: BarsConfig, vendors: VendorsResource,
+                        lake: LakeResource, timeframe: str) -> dg.MaterializeResult:
+    """Fill the run's sessions of `timeframe`'s dataset; metadata per session under `by_session`."""
+    v, store = vendors.vendors(), lake.lake()
+    days = [date.fromisoformat(key) for key in context.partition_keys]
+    if config.tickers and config.check_tickers:
+        v.check_symbols(config.tickers, days[0], days[-1])
+    per_session: dict[str, dict] = {}  # one session's result at a time: a day of bars can be 100 MB
+    sources: set[str] = set()
+    last: SessionResult | None = None
+    rows = 0
+    snapshots: dict[str, dict[str, str]] = {}
+    for day in days:
+        if config.tickers:
+            symbols = config.tickers
+        else:
+            symbols, snapshots[day.isoformat()] = session_symbols(store, day, config.universe)
+        last = backfill_session(v, store, day, symbols, timeframe=timeframe, source=config.source,
+                                stage_every=config.stage_every, log=context.log.info)
+        context.log.info(f"{day}: {last.rows:,} {last.dataset} rows from {last.source}; {last.fetched} "
+                         f"tickers fetched, {last.resumed} resumed" + (f", etag {last.etag}" if last.etag else ""))
+        per_session[day.isoformat()] = {"source": last.source, "rows": last.rows, "tickers": last.symbols,
+                                       "fetched": last.fetched, "resumed": last.resumed,
+                                       "confirmed": last.confirmed, "etag": last.etag}
+        sources.add(last.source)
+        rows += last.rows
+    metadata: dict[str, dg.MetadataValue] = (
+        table_metadata(last.table) if len(days) == 1 else {"rows": dg.MetadataValue.int(rows)})
+    metadata.update({
+        "source": dg.MetadataValue.text(", ".join(sorted(sources))),
+        "by_session": dg.MetadataValue.json(per_session),
+        "vendors": dg.MetadataValue.text(v.describe()),
+    })
+    if snapshots:
+        metadata["universe_snapshots"] = dg.MetadataValue.json(snapshots)
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(
     partitions_def=trading_days_def,
     group_name="bars",
-    kinds={"parquet"},
-    deps=[ticker_universe],
+    kinds={"polygon", "alpaca", "parquet"},
+    deps=[STOCK_UNIVERSE_DEP],
     backfill_policy=BACKFILL_POLICY,
 )
 def minute_bars(
-    context: dg.AssetExecutionContext, bars_source: SimMarketResource, lake: LakeResource
+    context: dg.AssetExecutionContext, config: BarsConfig, vendors: VendorsResource, lake: LakeResource
 ) -> dg.MaterializeResult:
-    """One row per symbol and minute of a session (pre-market to after-hours) in which the symbol
-    traded, as the source sent it: open, high, low, close, volume, VWAP, trade count, source."""
-    store = lake.lake()
-    rows = 0
-    for key in context.partition_keys:
-        day = date.fromisoformat(key)
-        table = bars_source.minute_bars(day, universe_symbols(store, day))
-        rows += store.write_partition("minute_bars", key, table)
-        context.log.info(f"{key}: {table.num_rows} minute bars from {bars_source.name}")
-    metadata = table_metadata(table) if len(context.partition_keys) == 1 else {"rows": rows}
-    return dg.MaterializeResult(metadata={**metadata, "source": bars_source.name})
+    """One row per ticker and minute of a session (pre-market to after-hours) in which the ticker
+    traded, as the vendor sent it: open, high, low, close, volume, VWAP (none from Flat Files),
+    trade count, and the source (polygon_flatfiles, polygon_rest or alpaca_rest)."""
+    return backfill_partitions(context, config, vendors, lake, "1m")
+
+
+def build_vendor_bars(timeframe: str) -> dg.AssetsDefinition:
+    dataset = dataset_for(timeframe)
+
+    @dg.asset(
+        name=dataset,
+        partitions_def=trading_days_def,
+        group_name="bars",
+        kinds={"polygon", "alpaca", "parquet"},
+        deps=[STOCK_UNIVERSE_DEP],
+        backfill_policy=BACKFILL_POLICY,
+        description=(
+            f"The vendor's own {timeframe} bars of a session (Polygon or Alpaca aggregates"
+            + (", or the Flat Files' day aggregates for old sessions" if timeframe == "1d" else "")
+            + f"), beside the platform's `{rollups.dataset_for(timeframe)}` rollup and never over it: one row per "
+              "ticker and bucket, resumable and merged like `minute_bars`."
+        ),
+    )
+    def _vendor_bars(
+        context: dg.AssetExecutionContext, config: BarsConfig, vendors: VendorsResource, lake: LakeResource
+    ) -> dg.MaterializeResult:
+        return backfill_partitions(context, config, vendors, lake, timeframe)
+
+    return _vendor_bars
+
+
+vendor_bars_5m, vendor_bars_15m, vendor_bars_1h, vendor_bars_1d = (
+    build_vendor_bars(tf) for tf in ("5m", "15m", "1h", "1d"))
 
 
 def build_rollup(timeframe: str) -> dg.AssetsDefinition:
@@ -86,6 +152,25 @@ bars_5m, bars_15m, bars_1h, bars_1d = (build_rollup(tf) for tf in ("5m", "15m", 
 
 bars_job = dg.define_asset_job(
     "bars_job",
-    selection=[ticker_universe, minute_bars, bars_5m, bars_15m, bars_1h, bars_1d],
-    description="A session's universe, 1-minute bars and their 5m/15m/1h/1d rollups, into the lake.",
+    selection=[minute_bars, bars_5m, bars_15m, bars_1h, bars_1d],
+    description="A session's 1-minute bars from the vendors and their 5m/15m/1h/1d rollups, into the lake.",
 )
+
+#: What `--timeframes` selects: 1m is our minute bars and their rollups; the others, the vendor's bars.
+TIMEFRAME_ASSETS: dict[str, list[dg.AssetsDefinition]] = {
+    "1m": [minute_bars, bars_5m, bars_15m, bars_1h, bars_1d],
+    "5m": [vendor_bars_5m], "15m": [vendor_bars_15m], "1h": [vendor_bars_1h], "1d": [vendor_bars_1d],
+}
+
+
+#: Assets that take BarsConfig (a backfill gives them all the same options).
+CONFIGURED_ASSETS = ("minute_bars", "vendor_bars_5m", "vendor_bars_15m", "vendor_bars_1h", "vendor_bars_1d")
+
+
+def by_session(metadata: dict) -> dict[str, dict]:
+    """The `by_session` metadata of a bars materialization, as a dict (empty when absent)."""
+    value = metadata.get("by_session")
+    data = getattr(value, "data", value)
+    if isinstance(data, str):
+        data = json.loads(data)
+    return data if isinstance(data, dict) else {}
