@@ -16,9 +16,7 @@ from market_platform.analytics import quality
 from market_platform.defs.bars import checks as bar_checks
 from market_platform.defs.metrics.checks import quotes_not_crossed
 from market_platform.defs.partitions import trading_days_def
-from market_platform.defs.bars.assets import minute_bars
-from market_platform.defs.resources import LakeResource, SimMarketResource, TickStoreResource
-from market_platform.defs.universe.assets import STOCK_CATEGORIES
+from market_platform.defs.resources import LakeResource, TickStoreResource
 from market_platform.sources.sim import SimMarket
 from market_platform.storage.lake import Lake
 
@@ -158,42 +156,50 @@ def test_live_fresh(tick_store, sim):
 # -- as Dagster asset checks ---------------------------------------------------------------------
 
 
-class BrokenSource(SimMarketResource):
-    """The small simulated market, whose bars come out with two duplicated rows and a bad low."""
-
-    def minute_bars(self, day, symbols=None):
-        bars = super().minute_bars(day, symbols)
-        return _replace(pa.concat_tables([bars, bars.slice(0, 2)]), "low", 5, 1e6)
+def _broken(bars: pa.Table) -> pa.Table:
+    """Bars with two duplicated rows and a bad low."""
+    return _replace(pa.concat_tables([bars, bars.slice(0, 2)]), "low", 5, 1e6)
 
 
-def test_dagster_checks_pass_and_fail(tmp_path, make_database):
+def test_dagster_checks_pass_and_fail(tmp_path, make_database, sim):
     lake = Lake(tmp_path / "lake")
-    small = {"n_stocks": 20, "n_crypto": 5, "activity": 0.02}
     resources = {"lake": LakeResource(url=str(lake.url)),
                  "tick_store": TickStoreResource(url=make_database("postgres"))}
     checks = [bar_checks.ohlc_consistent, bar_checks.no_duplicate_bars, bar_checks.session_complete,
               bar_checks.sources_agree]
+    lake.write_partition("minute_bars", "2024-11-26", sim.minute_bars(date(2024, 11, 26)))
+    lake.write_partition("minute_bars", "2024-11-27", _broken(sim.minute_bars(date(2024, 11, 27))))
     outcomes = {}
-    for key, source in (("2024-11-26", SimMarketResource(**small)), ("2024-11-27", BrokenSource(**small))):
-        for category in STOCK_CATEGORIES:
-            lake.write_partition("universe", {"category": category, "date": key}, source.universe(category, key))
-        result = dg.materialize([minute_bars, *checks], partition_key=key, raise_on_error=False,
-                                resources={**resources, "bars_source": source})
+    for key in ("2024-11-26", "2024-11-27"):
+        result = _run_checks("minute_bars", checks, key, resources)
         outcomes[key] = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert outcomes["2024-11-26"] == {"ohlc_consistent": True, "no_duplicate_bars": True,
                                       "session_complete": True, "sources_agree": True}
     assert outcomes["2024-11-27"]["ohlc_consistent"] is False
     assert outcomes["2024-11-27"]["no_duplicate_bars"] is False
 
+    # A backfill run covers several sessions: one bad session fails the check, and is named.
+    result = _run_checks("minute_bars", checks[:2], ("2024-11-26", "2024-11-27"), resources)
+    for evaluation in result.get_asset_check_evaluations():
+        assert evaluation.passed is False
+        assert "2024-11-27" in evaluation.metadata["summary"].value
+        assert "1 of 2 sessions" in evaluation.metadata["summary"].value
 
-def _run_checks(asset: str, checks: list, partition: str, resources: dict) -> dg.ExecuteInProcessResult:
-    """Run `checks` alone on a partition of `asset` whose data is already in the lake."""
 
-    @dg.asset(key=asset, partitions_def=trading_days_def)
+def _run_checks(asset: str, checks: list, partition: str | tuple[str, str], resources: dict) -> dg.ExecuteInProcessResult:
+    """Run `checks` alone on a partition (or a (first, last) range, as a backfill run) of `asset`
+    whose data is already in the lake."""
+
+    @dg.asset(key=asset, partitions_def=trading_days_def,
+              backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=10))
     def existing() -> dg.MaterializeResult:
         return dg.MaterializeResult()
 
-    return dg.materialize([existing, *checks], partition_key=partition, resources=resources, raise_on_error=False)
+    if isinstance(partition, str):
+        return dg.materialize([existing, *checks], partition_key=partition, resources=resources, raise_on_error=False)
+    first, last = partition
+    return dg.materialize([existing, *checks], resources=resources, raise_on_error=False,
+                          tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
 
 
 def test_quotes_not_crossed_check_on_the_lake_dataset(tmp_path, sim):

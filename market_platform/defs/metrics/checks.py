@@ -4,7 +4,7 @@
 import dagster as dg
 
 from market_platform.analytics import quality
-from market_platform.defs.bars.checks import check_result
+from market_platform.defs.bars.checks import per_session
 from market_platform.defs.partitions import trading_days_def
 from market_platform.defs.resources import LakeResource
 
@@ -16,6 +16,6 @@ MAX_CROSSED_SHARE = 0.001
 @dg.asset_check(asset=QUOTES_DAILY, partitions_def=trading_days_def, blocking=True)
 def quotes_not_crossed(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
     """At most 0.1% of the session's two-sided quotes have bid > ask (locked quotes are fine)."""
-    quotes = lake.lake().read_partition("quotes_daily", context.partition_key,
-                                        columns=["symbol", "ts", "bid_price", "ask_price", "bid_exchange", "ask_exchange"])
-    return check_result(quality.quotes_not_crossed(quotes, max_share=MAX_CROSSED_SHARE))
+    columns = ["symbol", "ts", "bid_price", "ask_price", "bid_exchange", "ask_exchange"]
+    return per_session(context, lambda key: quality.quotes_not_crossed(
+        lake.lake().read_partition("quotes_daily", key, columns=columns), max_share=MAX_CROSSED_SHARE))
