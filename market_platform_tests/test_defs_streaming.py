@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -271,3 +271,17 @@ def test_live_tables_freshness_check_runs_on_every_live_table(stream_db) -> None
     evaluations = result.get_asset_check_evaluations()
     assert result.success and {e.asset_key for e in evaluations} == {spec.key for spec in LIVE_TABLES}
     assert all("summary" in e.metadata for e in evaluations)
+
+
+def test_the_stream_subscribes_to_the_universe_in_force_on_the_session(tick_store, sim) -> None:
+    from market_platform.defs.streaming.jobs import _universe
+
+    early = pa.concat_tables([sim.universe(c, date(2024, 11, 20)) for c in ("us_equities", "etf")])
+    late = sim.universe("us_equities", date(2024, 11, 27))
+    late = late.filter(pc.invert(pc.equal(late["symbol"], late["symbol"][0])))  # one ticker fewer
+    tick_store.write_universe(early)
+    tick_store.write_universe(late)
+    assert _universe(tick_store, "2024-11-26") == sorted(early["symbol"].to_pylist())
+    after = set(late["symbol"].to_pylist()) | set(sim.universe("etf", date(2024, 11, 20))["symbol"].to_pylist())
+    assert _universe(tick_store, "2024-11-29") == sorted(after)
+    assert _universe(tick_store, "2024-11-01") == sorted(early["symbol"].to_pylist())  # before any: the earliest

@@ -49,12 +49,21 @@ def _today(kind: str) -> str:
     return (now.date() if kind == "crypto" else now.astimezone(calendar.NEW_YORK).date()).isoformat()
 
 
+#: Per stock category, the snapshot in force on the day: the latest on or before it, else the
+#: earliest after it (the rule backfills follow too: `history.universe.session_symbols`).
+_UNIVERSE_SQL = """
+SELECT DISTINCT u.symbol FROM universe u
+WHERE u.category IN ('us_equities', 'etf') AND u.active
+  AND u.snapshot_date = COALESCE(
+        (SELECT max(snapshot_date) FROM universe WHERE category = u.category AND snapshot_date <= %(day)s),
+        (SELECT min(snapshot_date) FROM universe WHERE category = u.category))
+ORDER BY u.symbol
+"""
+
+
 def _universe(store: TickStore, day: str) -> list[str]:
-    """The stock universe snapshot `ticker_universe` stored for the session, if any."""
-    table = store.read_arrow(
-        "SELECT symbol FROM universe WHERE snapshot_date = %(day)s AND category IN ('us_equities', 'etf') "
-        "AND active ORDER BY symbol", {"day": day})
-    return table.column("symbol").to_pylist()
+    """The stock universe `ticker_universe` discovered, as in force on the session (empty if none)."""
+    return store.read_arrow(_UNIVERSE_SQL, {"day": day}).column("symbol").to_pylist()
 
 
 def run_stream(context: dg.OpExecutionContext, kind: str, config: StreamRunConfig, tick_store: TickStoreResource,
