@@ -105,10 +105,13 @@ def db_stop() -> None:
 @click.option("--history", default=2, show_default=True,
               help="Sessions of two months ago to backfill too (from the Flat Files).")
 @click.option("--stocks", default=100, show_default=True, help="Size of the simulated stock universe.")
+@click.option("--stream/--no-stream", default=True, show_default=True,
+              help="Also stream the last session, compressed, into the tick store.")
 @fail_cleanly
-def demo(sessions: int, history: int, stocks: int) -> None:
+def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
     """Discover the universe and backfill bars through the replay servers, with the vendors' real
-    clients, whatever keys are set: REST for recent sessions, Flat Files for older ones."""
+    clients, whatever keys are set: REST for recent sessions, Flat Files for older ones. Then stream
+    the last session through the Alpaca stream replay and alpaca-py into the tick store."""
     from market_platform import calendar
     from market_platform.errors import InvalidInputError
 
@@ -154,11 +157,17 @@ def demo(sessions: int, history: int, stocks: int) -> None:
     minute = coverage(lake, "minute_bars")
     click.echo(f"minute bars: {minute.rows:,} rows over {len(minute.sessions)} sessions "
                f"({minute.first_bar:%Y-%m-%d %H:%M} to {minute.last_bar:%Y-%m-%d %H:%M} UTC)")
+    if stream:
+        from market_platform.streaming.demo import stream_demo_session
+
+        click.echo("")
+        stream_demo_session(last, n_stocks=stocks, store_url=store.url, echo=click.echo, every=60)
     click.echo(f"\nbuilt {len(days)} sessions of {stocks} simulated stocks through the replay servers "
-               f"in {time.monotonic() - started:.0f}s")
+               f"{'and streamed one into the tick store ' if stream else ''}in {time.monotonic() - started:.0f}s")
     click.echo(
         "\nnext:\n"
         "  make ui                                       # the Dagster UI: assets, partitions, the backfill and its runs\n"
+        "  .venv/bin/market-platform db status           # the tick store: quotes, trades, bars_1m, stream_stats\n"
         "  .venv/bin/market-platform status AAPL         # what the lake holds for a ticker\n"
         "  .venv/bin/market-platform backfill --from 2024-11-25 --to 2024-11-29 --tickers AAPL,MSFT\n"
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select symbol, count(*) from "

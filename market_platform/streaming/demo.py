@@ -56,6 +56,9 @@ def stream_demo_session(
     day = calendar.to_date(day) if day else calendar.default_calendar().last_completed_session(datetime.now(UTC))
     market = SimMarket(n_stocks=n_stocks, activity=activity)
     logging.getLogger("market_platform.streaming").setLevel(logging.WARNING)  # the demo prints its own lines
+    # alpaca-py warns "restarting connection" when the replay closes the socket at the session's
+    # end; a real disconnect shows in the totals as a gap.
+    logging.getLogger("alpaca.data.live.websocket").setLevel(logging.ERROR)
     echo(f"streaming the session of {day} ({n_stocks} simulated stocks, activity {activity}) "
          f"{'as fast as it goes' if speed is None else f'at {speed:g}x real time'} ...")
     report = stream_window("stocks", day, market=market, start=start, end=end, speed=speed, store_url=store_url,
