@@ -684,7 +684,8 @@ def _redact(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", url)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so a rename or a new file in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -742,9 +743,9 @@ class _LocalStore:
                     break  # no longer empty: someone else wrote there
             raise
         # Make the rename, and any directory it needed, survive a power loss.
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         for directory in created:
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
 
     def delete(self, rel: str) -> bool:
         path = self.root / rel
@@ -752,7 +753,7 @@ class _LocalStore:
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         for parent in path.parents:
             if parent == self.root or self.root not in parent.parents:
                 break

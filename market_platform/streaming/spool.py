@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from market_platform.errors import StorageError
+from market_platform.storage.lake import fsync_dir
 
 _MAGIC = b"MPSPOOL1\n"
 _NAME = re.compile(r"^(\d{12})\.entry$")
@@ -100,7 +101,7 @@ class Spool:
                     os.fsync(f.fileno())
             os.replace(tmp, path)
             if self._fsync:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write the stream spool {path}: {exc}") from None
@@ -146,10 +147,3 @@ class Spool:
     def remove(self, seq: int) -> None:
         (self.directory / f"{seq:012d}.entry").unlink(missing_ok=True)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
