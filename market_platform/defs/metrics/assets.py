@@ -18,7 +18,9 @@ from market_platform.defs.partitions import trading_days_def
 from market_platform.defs.resources import LakeResource
 from market_platform.errors import NotEnoughHistoryError
 
-MULTI_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=50)
+#: A backfill of metrics is one run that walks its sessions in order: the forecast of a session
+#: trains on the features of the sessions before it, which an earlier step of the run wrote.
+ONE_RUN = dg.BackfillPolicy.single_run()
 
 
 def movers_markdown(table: pa.Table, day: date, *, n: int = 10) -> "str | None":
@@ -53,7 +55,7 @@ def _metadata(context: dg.AssetExecutionContext, table: pa.Table, rows: int) -> 
     deps=[dg.AssetDep(minute_bars, partition_mapping=dg.TimeWindowPartitionMapping(
         start_offset=-1, allow_nonexistent_upstream_partitions=True))],
     automation_condition=dg.AutomationCondition.eager(),
-    backfill_policy=MULTI_RUN,
+    backfill_policy=ONE_RUN,
 )
 def daily_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """One row per symbol and session: regular-session open, high, low, close and VWAP, the previous
@@ -75,7 +77,7 @@ def daily_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
     kinds={"parquet", "duckdb"},
     deps=[minute_bars],
     automation_condition=dg.AutomationCondition.eager(),
-    backfill_policy=MULTI_RUN,
+    backfill_policy=ONE_RUN,
 )
 def intraday_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """One row per symbol and 5-minute window of a session with at least one bar: open, high, low,
@@ -93,7 +95,7 @@ def intraday_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     kinds={"parquet", "duckdb"},
     deps=[intraday_metrics],
     automation_condition=dg.AutomationCondition.eager(),
-    backfill_policy=MULTI_RUN,
+    backfill_policy=ONE_RUN,
 )
 def return_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """One row per symbol and 5-minute window: the features a model may use at the window's end
@@ -111,7 +113,7 @@ def return_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     # partition mapping over them would keep the first sessions of any history from ever running.
     deps=[return_features],
     automation_condition=dg.AutomationCondition.eager(),
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=ONE_RUN,
 )
 def return_forecast(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """One row per symbol and regular-hours 5-minute window: the predicted next-window log return of
