@@ -399,11 +399,14 @@ def test_duckdb_views_type_hive_keys_and_ignore_stray_files(lake: Lake, tmp_path
         }
         assert views == {"minute_bars", "lake_test_by_venue"}
         described = {name: kind for name, kind, *_ in con.sql("DESCRIBE minute_bars").fetchall()}
+        # Nanoseconds are cast to TIMESTAMPTZ, which DuckDB compares with now() and typed literals.
         assert (described["date"], described["symbol"], described["ts"]) == (
             "DATE",
             "VARCHAR",
-            "TIMESTAMPTZ_NS",
+            "TIMESTAMP WITH TIME ZONE",
         )
+        assert con.sql("SELECT count(*) FROM minute_bars WHERE ts < now() - INTERVAL 1 DAY"
+                       " AND ts >= TIMESTAMPTZ '2024-11-27 00:00:00+00'").fetchall() == [(7 * 30 + 5 * 30,)]
     per_day = lake.query(
         "SELECT date, count(DISTINCT symbol) AS symbols FROM minute_bars GROUP BY date ORDER BY date"
     )

@@ -322,11 +322,12 @@ class Lake:
                 if not files:
                     continue
                 if isinstance(self._store, _LocalStore):
-                    con.execute(
-                        self._store.view_sql(name, PARTITION_KEYS[name], union=DATASETS[name] is None)
+                    source = con.sql(
+                        "SELECT * FROM " + self._store.scan_sql(name, PARTITION_KEYS[name], union=DATASETS[name] is None)
                     )
                 else:
-                    con.register(name, self._arrow_dataset(name, [rel for _, rel in files]))
+                    source = con.from_arrow(self._arrow_dataset(name, [rel for _, rel in files]))
+                _microsecond_view(source, name)
         except BaseException:
             con.close()
             raise
@@ -684,6 +685,19 @@ def _redact(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", url)
 
 
+def _microsecond_view(source: duckdb.DuckDBPyRelation, name: str) -> None:
+    """View `name` over `source`, with nanosecond timestamps as DuckDB's TIMESTAMPTZ.
+
+    Parquet keeps nanoseconds, which DuckDB reads as TIMESTAMPTZ_NS, and DuckDB 2.0 refuses to
+    compare that with a TIMESTAMPTZ (`ts > now() - INTERVAL 1 HOUR`, a typed literal) without an
+    explicit cast. The views cast, so users' SQL works as written, at microseconds (PostgreSQL's
+    precision too); `read_partition` still returns the nanoseconds.
+    """
+    columns = [column for column, kind in zip(source.columns, source.types) if str(kind) == "TIMESTAMPTZ_NS"]
+    replace = ", ".join(f'CAST("{column}" AS TIMESTAMPTZ) AS "{column}"' for column in columns)
+    source.project(f"* REPLACE ({replace})" if replace else "*").create_view(name)
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory, so a rename or a new file in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
@@ -779,15 +793,16 @@ class _LocalStore:
                 removed += 1
         return removed
 
-    def view_sql(self, name: str, keys: tuple[str, ...], *, union: bool) -> str:
+    def scan_sql(self, name: str, keys: tuple[str, ...], *, union: bool) -> str:
+        """The `read_parquet(...)` of a dataset's files, Hive keys typed."""
         # Names and keys are validated identifiers and the root has no quote or glob characters
-        # (checked in _parse_local_url); DuckDB takes no parameters in CREATE VIEW.
+        # (checked in _parse_local_url).
         pattern = "/".join([str(self.root), name, *(f"{key}=*" for key in keys), "*.parquet"])
         types = ", ".join(f"'{key}': {'DATE' if key == 'date' else 'VARCHAR'}" for key in keys)
         options = f"hive_partitioning = true, hive_types = {{{types}}}" + (
             ", union_by_name = true" if union else ""
         )
-        return f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{pattern}', {options})"
+        return f"read_parquet('{pattern}', {options})"
 
 
 class _S3Store:
