@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream_common import DAY, fresh_database, peak_rss_mb, replay_process, window  # noqa: E402
+from _stream_common import DAY, fresh_database, ny, peak_rss_mb, replay_process, window  # noqa: E402
 
 FULL_SESSION_QUOTES = 80_000_000
 
@@ -43,6 +43,7 @@ def _stream(start_hhmm: str, minutes: float, activity: float) -> dict:
                               secret_key=info["secret"], url=info["iex"], clock="events", stale_after=300,
                               spool_dir=Path(tempfile.mkdtemp(prefix="mp_bench_spool_")))
         report = Streamer(config, store_url=url).run()
+        phases = _phase_rates(url)
     messages = report.quotes + report.trades + report.bars
     return {
         "window": f"{DAY} {start_hhmm} New York + {minutes:g} min, 3,000 stocks and ETFs, activity {activity:g}",
@@ -51,7 +52,28 @@ def _stream(start_hhmm: str, minutes: float, activity: float) -> dict:
         "messages_per_s": round(messages / report.stream_seconds),
         "spooled_batches": report.spooled, "gaps": report.gaps,
         "peak_rss_mb": peak_rss_mb(),
+        "phases": phases,
     }
+
+
+def _phase_rates(url: str) -> dict:
+    """Quotes stored per wall second in each phase, from stream_stats (a minute's row is recorded
+    when the stream moves past it): where the whole-session rate comes from."""
+    from market_platform.storage.timescale import TickStore
+
+    bounds = {"premarket": ("04:00", "09:30"), "regular": ("09:30", "16:00"), "after_hours": ("16:00", "20:00")}
+    out = {}
+    with TickStore(url) as store, store.connect() as conn:
+        first = conn.execute("SELECT min(recorded_at) FROM stream_stats").fetchone()[0]
+        for phase, (lo, hi) in bounds.items():
+            quotes, done, began = conn.execute(
+                "SELECT coalesce(sum(quotes_inserted) FILTER (WHERE minute >= %(lo)s AND minute < %(hi)s), 0)::bigint,"
+                " max(recorded_at) FILTER (WHERE minute < %(hi)s), max(recorded_at) FILTER (WHERE minute < %(lo)s)"
+                " FROM stream_stats", {"lo": ny(DAY, lo), "hi": ny(DAY, hi)}).fetchone()
+            seconds = ((done - (began or first)).total_seconds()) if done else 0.0
+            out[phase] = {"quotes": quotes, "wall_seconds": round(seconds, 1),
+                          "quotes_per_s": round(quotes / seconds) if seconds else None}
+    return out
 
 
 def _in_child(args: tuple) -> dict:
