@@ -11,10 +11,12 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import urllib.request
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Iterator
 
 from market_platform import calendar
@@ -45,6 +47,13 @@ def fresh_database() -> Iterator[str]:
         yield url
     finally:
         drop_database(ADMIN_URL, name)
+
+
+@contextmanager
+def spool_dir() -> Iterator[Path]:
+    """The streamer's spool directory for one run, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="mp_bench_spool_") as path:
+        yield Path(path)
 
 
 @contextmanager

@@ -19,14 +19,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream_common import DAY, fresh_database, replay_process, replay_status, window  # noqa: E402
+from _stream_common import DAY, fresh_database, replay_process, replay_status, spool_dir, window  # noqa: E402
 
 from market_platform.sources.sim import SimMarket  # noqa: E402
 from market_platform.streaming import StreamConfig, Streamer  # noqa: E402
@@ -37,7 +36,7 @@ NS = 1_000_000_000
 def run(speed: str, start_hhmm: str, minutes: float) -> dict:
     start, end = window(start_hhmm, minutes)
     symbols = SimMarket().stock_symbols(DAY)
-    with fresh_database() as url, replay_process(start, end, speed=speed) as info:
+    with fresh_database() as url, spool_dir() as spool, replay_process(start, end, speed=speed) as info:
         anchor: list = []
 
         def event_to_wall(ns: np.ndarray) -> np.ndarray:
@@ -48,7 +47,7 @@ def run(speed: str, start_hhmm: str, minutes: float) -> dict:
 
         config = StreamConfig(symbols=tuple(symbols), start=start, end=end, api_key=info["key"], secret_key=info["secret"],
                               url=info["iex"], clock="events", stale_after=120,
-                              spool_dir=Path(tempfile.mkdtemp(prefix="mp_bench_spool_")))
+                              spool_dir=spool)
         report = Streamer(config, store_url=url, event_to_wall=None if speed == "max" else event_to_wall).run()
     return {
         "window": f"{DAY} {start_hhmm} New York + {minutes:g} min",

@@ -20,12 +20,11 @@ import logging
 import multiprocessing
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream_common import DAY, fresh_database, ny, peak_rss_mb, replay_process, window  # noqa: E402
+from _stream_common import DAY, fresh_database, ny, peak_rss_mb, replay_process, spool_dir, window  # noqa: E402
 
 FULL_SESSION_QUOTES = 80_000_000
 
@@ -38,10 +37,10 @@ def _stream(start_hhmm: str, minutes: float, activity: float) -> dict:
     start, end = window(start_hhmm, minutes)
     market = SimMarket(activity=activity)
     symbols = market.stock_symbols(DAY)
-    with fresh_database() as url, replay_process(start, end, activity=activity) as info:
+    with fresh_database() as url, spool_dir() as spool, replay_process(start, end, activity=activity) as info:
         config = StreamConfig(symbols=tuple(symbols), start=start, end=end, api_key=info["key"],
                               secret_key=info["secret"], url=info["iex"], clock="events", stale_after=300,
-                              spool_dir=Path(tempfile.mkdtemp(prefix="mp_bench_spool_")))
+                              spool_dir=spool)
         report = Streamer(config, store_url=url).run()
         phases = _phase_rates(url)
     messages = report.quotes + report.trades + report.bars

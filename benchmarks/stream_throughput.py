@@ -25,14 +25,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream_common import DAY, fresh_database, peak_rss_mb, replay_process, window  # noqa: E402
+from _stream_common import DAY, fresh_database, peak_rss_mb, replay_process, spool_dir, window  # noqa: E402
 
 from market_platform.sources.sim import SimMarket  # noqa: E402
 from market_platform.storage.timescale import TickStore  # noqa: E402
@@ -40,10 +39,10 @@ from market_platform.streaming import StreamConfig, Streamer  # noqa: E402
 
 
 def platform(start, end, symbols, **options) -> dict:
-    with fresh_database() as url, replay_process(start, end, compression="deflate") as info:
+    with fresh_database() as url, spool_dir() as spool, replay_process(start, end, compression="deflate") as info:
         config = StreamConfig(symbols=tuple(symbols), start=start, end=end, api_key=info["key"],
                               secret_key=info["secret"], url=info["iex"], clock="events", stale_after=120,
-                              spool_dir=Path(tempfile.mkdtemp(prefix="mp_bench_spool_")), **options)
+                              spool_dir=spool, **options)
         report = Streamer(config, store_url=url).run()
     seconds = report.stream_seconds
     return {
