@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from market_platform.errors import ConfigError, InvalidInputError
+from market_platform.replay.http import max_in_window
 from market_platform.sources import symbols as sym
 from market_platform.sources.vendor import RateLimiter, rate_from_env, run_concurrently, scrub, symbol_list
 
@@ -23,15 +24,6 @@ class VirtualTime:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 @pytest.mark.parametrize(("calls", "period"), [(5, 60.0), (300, 60.0), (3, 2.0)])

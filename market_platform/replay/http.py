@@ -99,13 +99,7 @@ class RequestLog:
 
     def max_in_window(self, window: float, prefix: str = "/", *, statuses: set[int] | None = None) -> int:
         """The most requests (matching `prefix` and `statuses`) that arrived within any `window` seconds."""
-        times = sorted(e.at for e in self.entries(prefix, statuses=statuses))
-        best, lo = 0, 0
-        for hi, t in enumerate(times):
-            while t - times[lo] >= window:
-                lo += 1
-            best = max(best, hi - lo + 1)
-        return best
+        return max_in_window(sorted(e.at for e in self.entries(prefix, statuses=statuses)), window)
 
 
 # --------------------------------------------------------------------------- faults
@@ -385,3 +379,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # the RequestLog keeps what matters; the stdlib's line per request is noise
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most of the sorted instants `times` that fall within any `window` seconds."""
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
