@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,10 +29,6 @@ def ny(day: str, hh_mm: str) -> datetime:
     hour, minute = map(int, hh_mm.split(":"))
     return datetime.combine(calendar.to_date(day), datetime.min.time().replace(hour=hour, minute=minute),
                             tzinfo=calendar.NEW_YORK).astimezone(calendar.UTC)
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 @contextmanager

@@ -25,15 +25,9 @@ import tempfile
 import time
 from datetime import date
 
+from _common import peak_rss_mb
+
 QUARTER = 63
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def child(days: list[str], as_of: str) -> None:

@@ -21,16 +21,9 @@ import tempfile
 import time
 from datetime import date
 
+from _common import peak_rss_mb
+
 DAY = "2024-11-26"
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS since exec (VmHWM; ru_maxrss would include the forking parent's)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def child(endpoint: str, bucket: str, day: str, block_mb: int) -> None:

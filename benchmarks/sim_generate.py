@@ -13,15 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import time
 from datetime import date, datetime, time as wall
 
+from _common import peak_rss_mb
+
 DEFAULT_DAY = "2024-11-26"
-
-
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _minute_bars(day: str) -> dict:
@@ -32,7 +29,7 @@ def _minute_bars(day: str) -> dict:
     bars = sim.minute_bars(day)
     seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 2), "rows": bars.num_rows,
-            "trades_aggregated": int(sum(bars.column("trade_count").to_numpy())), "peak_rss_mb": _peak_rss_mb()}
+            "trades_aggregated": int(sum(bars.column("trade_count").to_numpy())), "peak_rss_mb": peak_rss_mb()}
 
 
 def _counts(day: str) -> dict:
@@ -51,7 +48,7 @@ def _stream(day: str, kind: str) -> dict:
     from market_platform.sources.sim import SimMarket
 
     sim = SimMarket()
-    baseline = _peak_rss_mb()
+    baseline = peak_rss_mb()
     d = date.fromisoformat(day)
     start = datetime.combine(d, wall(9, 30), tzinfo=calendar.NEW_YORK)
     end = datetime.combine(d, wall(10, 30), tzinfo=calendar.NEW_YORK)
@@ -63,7 +60,7 @@ def _stream(day: str, kind: str) -> dict:
         batches += 1
     seconds = time.perf_counter() - started
     return {"window": "09:30-10:30 New York", kind: rows, "batches": batches, "seconds": round(seconds, 2),
-            f"{kind}_per_s": round(rows / seconds), "peak_rss_mb": _peak_rss_mb(),
+            f"{kind}_per_s": round(rows / seconds), "peak_rss_mb": peak_rss_mb(),
             "rss_before_stream_mb": baseline}
 
 

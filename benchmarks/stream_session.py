@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream_common import DAY, fresh_database, ny, peak_rss_mb, replay_process, spool_dir, window  # noqa: E402
+from _common import peak_rss_mb  # noqa: E402
+from _stream_common import DAY, fresh_database, ny, replay_process, spool_dir, window  # noqa: E402
 
 FULL_SESSION_QUOTES = 80_000_000
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stream_common import DAY, fresh_database, peak_rss_mb, replay_process, spool_dir, window  # noqa: E402
+from _common import peak_rss_mb  # noqa: E402
+from _stream_common import DAY, fresh_database, replay_process, spool_dir, window  # noqa: E402
 
 from market_platform.sources.sim import SimMarket  # noqa: E402
 from market_platform.storage.timescale import TickStore  # noqa: E402
