@@ -29,7 +29,6 @@ from market_platform.history import universe
 from market_platform.history.bars import PROGRESS_DATASET, backfill_session
 from market_platform.history.vendors import Vendors
 from market_platform_tests.fixtures.history import replay_vendors
-from market_platform_tests.fixtures.replay import FLATFILE_DAYS
 from market_platform_tests.fixtures.sim import SIM_DAY, SIM_HALF_DAY
 
 COMMON = ["symbol", "ts", "open", "high", "low", "close", "volume", "trade_count"]
@@ -178,16 +177,8 @@ def test_a_5xx_in_the_middle_of_a_page_sequence_does_not_break_the_backfill(lake
     assert stored.select(COMMON).equals(sim.minute_bars(SIM_DAY, ["AAPL", "MSFT"]).select(COMMON))
 
 
-@pytest.fixture
-def corrected(replay):
-    day = FLATFILE_DAYS[0]
-    yield day
-    replay.data.clear_corrections(day)  # the servers are shared by the session: put the day back
-    replay.flatfiles.publish(day)
-
-
-def test_reruns_are_idempotent_and_a_republished_file_corrects_the_session(lakes, replay, sim, corrected):
-    day, lake = corrected, lakes["lake"].lake()
+def test_reruns_are_idempotent_and_a_republished_file_corrects_the_session(lakes, replay, sim, corrected_day):
+    day, lake = corrected_day, lakes["lake"].lake()
     instance = dg.DagsterInstance.ephemeral()
     assets = [minute_bars, *ROLLUPS]
     first = dg.materialize(assets, partition_key=str(day), resources=lakes, instance=instance,

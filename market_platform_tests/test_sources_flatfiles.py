@@ -13,7 +13,7 @@ from market_platform import calendar
 from market_platform.errors import ConfigError, NotASessionError, VendorAuthError, VendorNotFoundError
 from market_platform.schemas import BARS, Source
 from market_platform.sources.flatfiles import FlatFilesSource, flatfile_key
-from market_platform_tests.fixtures.replay import FAST_RETRY, FLATFILE_DAYS
+from market_platform_tests.fixtures.replay import FAST_RETRY
 from market_platform_tests.fixtures.sim import SIM_DAY, SIM_HALF_DAY
 
 #: Columns every path carries (flat files have no VWAP).
@@ -80,14 +80,6 @@ def test_denied_keys_are_clear_and_secret(replay):
         replay.flatfiles_source(access_key="nobody", secret_key="nothing").exists(SIM_DAY)
     with pytest.raises(ConfigError, match="POLYGON_S3_ACCESS_KEY"):
         FlatFilesSource.from_env({})
-
-
-@pytest.fixture
-def corrected_day(replay):
-    day = FLATFILE_DAYS[0]
-    yield day
-    replay.data.clear_corrections(day)  # the servers are shared by the session: put the day back
-    replay.flatfiles.publish(day)
 
 
 def test_republished_day_has_a_new_etag_and_every_server_serves_the_correction(replay, sim, corrected_day):
