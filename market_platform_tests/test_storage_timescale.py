@@ -6,9 +6,7 @@ import shutil
 import threading
 from datetime import date, datetime, timedelta, timezone
 
-import numpy as np
 import pandas as pd
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -27,7 +25,6 @@ from market_platform.storage.timescale import (
     start_embedded,
     stop_embedded,
 )
-from market_platform_tests.fixtures.db import _with_database
 
 UTC = timezone.utc
 NY = "America/New_York"
