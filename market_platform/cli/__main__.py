@@ -1,0 +1,3 @@
+from market_platform.cli import main
+
+main()

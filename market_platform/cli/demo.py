@@ -1,0 +1,105 @@
+"""`market-platform demo`: what `make demo` runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
+import click
+
+from market_platform import settings
+from market_platform.cli.base import (
+    _store,
+    _vendors,
+    fail_cleanly,
+    main,
+    redact,
+)
+from market_platform.cli.history import _bars_config, _discover, _launch_backfill
+
+
+@main.command()
+@click.option("--sessions", default=3, show_default=True, help="Recent sessions to backfill (from REST).")
+@click.option("--history", default=2, show_default=True,
+              help="Sessions of two months ago to backfill too (from the Flat Files).")
+@click.option("--stocks", default=100, show_default=True, help="Size of the simulated stock universe.")
+@click.option("--stream/--no-stream", default=True, show_default=True,
+              help="Also stream the last session, compressed, into the tick store.")
+@fail_cleanly
+def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
+    """Discover the universe and backfill bars through the replay servers, with the vendors' real
+    clients, whatever keys are set: REST for recent sessions, Flat Files for older ones. Then stream
+    the last session through the Alpaca stream replay and alpaca-py into the tick store."""
+    from market_platform import calendar
+    from market_platform.errors import InvalidInputError
+
+    if sessions < 1 or history < 0 or stocks < 1:
+        raise InvalidInputError("--sessions and --stocks must be positive and --history not negative")
+    started = time.monotonic()
+    # The demo is the replay's: vendor keys of the shell are not used, and nothing goes to a vendor.
+    for name in [n for n in os.environ if n.startswith(("POLYGON_", "ALPACA_"))]:
+        del os.environ[name]
+    os.environ["MARKET_SIM_STOCKS"] = str(stocks)
+    store = _store()
+    applied = store.init_schema()
+    store.maintain()
+    click.echo(f"tick store  {redact(store.url)} ({store.variant()}, {len(applied)} migrations applied)")
+    vendors = _vendors()
+    click.echo(f"vendors     {vendors.describe()}")
+
+    cal = calendar.default_calendar()
+    last = cal.last_completed_session(datetime.now(timezone.utc))
+    recent = calendar.sessions("2004-01-02", last)[-sessions:]
+    old_end = cal.previous_session(last - timedelta(days=vendors.flatfiles_after_days + 30))
+    old = calendar.sessions("2004-01-02", old_end)[-history:] if history else []
+    for category in ("us_equities", "etf"):
+        _discover(category, limit=None, as_of=None)
+    days = [*old, *recent]
+    outcome = _launch_backfill(days, timeframes=["1m", "1d"], run_config=_bars_config(), label="demo")
+
+    from market_platform.history.status import coverage
+    from market_platform.storage.lake import Lake
+
+    lake = Lake.from_settings()
+    click.echo(f"\nlake        {settings.lake_url()}   (backfill {outcome.backfill_id}, {len(outcome.runs)} runs)")
+    datasets = ("minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "vendor_bars_1d")
+    click.echo("  session     source              " + "".join(f"{d:>15}" for d in datasets))
+    for day in days:
+        source = ", ".join(sorted(set(lake.read_partition("minute_bars", day, columns=["source"])
+                                      .column("source").to_pylist())))
+        counts = "".join(f"{lake.count(d, day):>15,}" for d in datasets)
+        click.echo(f"  {day}  {source:<19} {counts}")
+    agree = _daily_agreement(lake, days)
+    click.echo(f"\nvendor_bars_1d (the vendor's daily bars) vs bars_1d (rolled up from minute bars): "
+               f"{agree[0]:,} of {agree[1]:,} bars agree on open, high, low, close and volume")
+    minute = coverage(lake, "minute_bars")
+    click.echo(f"minute bars: {minute.rows:,} rows over {len(minute.sessions)} sessions "
+               f"({minute.first_bar:%Y-%m-%d %H:%M} to {minute.last_bar:%Y-%m-%d %H:%M} UTC)")
+    if stream:
+        from market_platform.streaming.demo import stream_demo_session
+
+        click.echo("")
+        stream_demo_session(last, n_stocks=stocks, store_url=store.url, echo=click.echo, every=60)
+    click.echo(f"\nbuilt {len(days)} sessions of {stocks} simulated stocks through the replay servers "
+               f"{'and streamed one into the tick store ' if stream else ''}in {time.monotonic() - started:.0f}s")
+    click.echo(
+        "\nnext:\n"
+        "  make ui                                       # the Dagster UI: assets, partitions, the backfill and its runs\n"
+        "  .venv/bin/market-platform db status           # the tick store: quotes, trades, bars_1m, stream_stats\n"
+        "  .venv/bin/market-platform status AAPL         # what the lake holds for a ticker\n"
+        "  .venv/bin/market-platform backfill --from 2024-11-25 --to 2024-11-29 --tickers AAPL,MSFT\n"
+        f"  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select symbol, count(*) from "
+        f"read_parquet('{settings.lake_url()}/minute_bars/*/*.parquet') group by 1 order by 2 desc limit 5\\\"))\""
+    )
+
+
+def _daily_agreement(lake, days) -> tuple[int, int]:
+    """(bars of bars_1d equal to the vendor's daily bar on OHLCV, bars of bars_1d) over `days`."""
+    row = lake.query(
+        "SELECT count(*) FILTER (WHERE v.symbol IS NOT NULL AND abs(o.open - v.open) < 1e-9 AND abs(o.high - v.high)"
+        " < 1e-9 AND abs(o.low - v.low) < 1e-9 AND abs(o.close - v.close) < 1e-9"
+        " AND abs(o.volume - v.volume) < 1e-6) AS agree, count(*) AS total"
+        " FROM bars_1d o LEFT JOIN vendor_bars_1d v USING (date, symbol)"
+        " WHERE o.date IN (SELECT unnest($days::DATE[]))", {"days": [d.isoformat() for d in days]}).to_pylist()[0]
+    return row["agree"], row["total"]
