@@ -296,6 +296,23 @@ def test_stream_bookkeeping(tick_store: TickStore) -> None:
                       "detail": '{"offset": 1}'}
 
 
+def test_dead_letters_with_nul_bytes_are_stored(tick_store: TickStore) -> None:
+    raw = b"\x81\xa1S\xa4A\x00PL"  # msgpack {"S": "A\x00PL"}
+    tick_store.write_dead_letters([
+        {"stream": "stocks\x00", "reason": "symbol 'A\x00PL' is not in the universe", "raw": raw,
+         "detail": {"S": "A\x00PL", "k\x00": ["\x00", 1]}},
+        {"stream": "stocks", "reason": "fine", "raw": None, "detail": None},
+    ])
+    with tick_store.connect() as conn:
+        letters = conn.execute("SELECT stream, reason, raw, detail FROM dead_letters ORDER BY id").fetchall()
+    stream, reason, stored_raw, detail = letters[0]
+    assert stored_raw == raw  # bytea: byte for byte
+    assert stream == "stocks\\u0000" and reason == "symbol 'A\\u0000PL' is not in the universe"
+    assert detail == {"S": "A\\u0000PL", "k\\u0000": ["\\u0000", 1]}
+    assert detail["S"].replace("\\u0000", "\x00") == "A\x00PL"  # the documented way back
+    assert letters[1] == ("stocks", "fine", None, None)
+
+
 # -- partitions and retention (plain PostgreSQL) ---------------------------------------------
 
 

@@ -48,6 +48,18 @@ def _duplicate_keys(table: pa.Table, keys: Sequence[str]) -> list[dict[str, Any]
     return counts.filter(pc.greater(counts.column("count_all"), 1)).select(list(keys)).to_pylist()
 
 
+def _escape_nul(value: Any) -> Any:
+    """`value` with each NUL of its strings, dict keys included, written as `\\u0000` (see
+    `Writers.write_dead_letters`)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
+    if isinstance(value, Mapping):
+        return {_escape_nul(key): _escape_nul(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_nul(item) for item in value]
+    return value
+
+
 class Writers:
     """The writers of the database behind `connection`; day partitions come from `maintenance`."""
 
@@ -246,7 +258,12 @@ class Writers:
 
     def write_dead_letters(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Store messages that could not be stored otherwise. Each row: stream, reason, and
-        optionally raw (bytes), detail (JSON-able), received_at (default now)."""
+        optionally raw (bytes), detail (JSON-able), received_at (default now).
+
+        PostgreSQL's text and jsonb cannot hold NUL (U+0000), which a bad message may carry: in
+        stream, reason and detail (keys and values) each NUL is written as the six characters
+        `\\u0000`, JSON's spelling of it, so `text.replace("\\\\u0000", "\\x00")` restores it;
+        raw (bytea) keeps the message byte for byte, NULs included."""
         if not rows:
             return 0
         params = []
@@ -254,8 +271,9 @@ class Writers:
             if not row.get("stream") or not row.get("reason"):
                 raise InvalidInputError(f"dead letter {dict(row)!r}: expected a stream and a reason")
             params.append((
-                row.get("received_at") or datetime.now(UTC), row["stream"], row["reason"], row.get("raw"),
-                psycopg.types.json.Jsonb(row["detail"]) if row.get("detail") is not None else None,
+                row.get("received_at") or datetime.now(UTC), _escape_nul(row["stream"]), _escape_nul(row["reason"]),
+                row.get("raw"),
+                psycopg.types.json.Jsonb(_escape_nul(row["detail"])) if row.get("detail") is not None else None,
             ))
         with self._connection.session() as conn, conn.transaction():
             conn.cursor().executemany(
