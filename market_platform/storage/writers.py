@@ -181,15 +181,27 @@ class Writers:
 
     # -- stream bookkeeping ----------------------------------------------------------------
 
-    _STREAM_STATS_COLUMNS = (
-        "stream", "minute", "received", "quotes_inserted", "trades_inserted", "bars_inserted",
-        "quotes_total", "trades_total", "bars_total", "duplicates", "dead_letters", "errors",
-        "reconnects", "queue_depth", "lag_p50_ms", "lag_p99_ms",
-    )
+    # How a minute's row merges into one stored already (a rerun of a killed run's window, or
+    # any second writer of the minute): its counts add, so the per-minute rows still sum to what
+    # the table holds. The *_total columns are the writing run's running totals since it
+    # started: the newer run's replace them (added, they would jump at the minutes both runs
+    # wrote and fall back after). Queue depth and lag percentiles keep the larger value: a
+    # gauge's worst reading is the one to alert on, and a percentile of two runs' lags taken
+    # together lies between theirs, so the larger is a bound (GREATEST skips a NULL lag).
+    _STREAM_STATS_MERGE: dict[str, str] = {
+        **dict.fromkeys(("received", "quotes_inserted", "trades_inserted", "bars_inserted", "duplicates",
+                         "dead_letters", "errors", "reconnects"), "{c} = stream_stats.{c} + EXCLUDED.{c}"),
+        **dict.fromkeys(("quotes_total", "trades_total", "bars_total"), "{c} = EXCLUDED.{c}"),
+        **dict.fromkeys(("queue_depth", "lag_p50_ms", "lag_p99_ms"), "{c} = GREATEST(stream_stats.{c}, EXCLUDED.{c})"),
+    }
+    _STREAM_STATS_COLUMNS = ("stream", "minute", *_STREAM_STATS_MERGE)
 
     def write_stream_stats(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Upsert stream_stats rows (one per stream and minute; keys are column names, `stream`
-        and `minute` required, the counters default to 0); returns the rows written."""
+        and `minute` required, the counters default to 0); returns the rows written.
+
+        A row for a minute stored already adds its counts to the stored ones (a rerun never
+        overwrites a killed run's counts); see `_STREAM_STATS_MERGE` for the other columns."""
         if not rows:
             return 0
         names = sorted({name for row in rows for name in row})
@@ -201,7 +213,7 @@ class Writers:
             )
         for row in rows:
             aware(row["minute"], "minute")
-        counters = [sql.Identifier(name) for name in names if name not in ("stream", "minute")]
+        counters = [name for name in names if name not in ("stream", "minute")]
         statement = sql.SQL(
             "INSERT INTO stream_stats ({cols}) VALUES ({vals}) ON CONFLICT (stream, minute) "
             "DO UPDATE SET {sets}"
@@ -209,7 +221,8 @@ class Writers:
             cols=sql.SQL(", ").join(map(sql.Identifier, names)),
             vals=sql.SQL(", ").join(map(sql.Placeholder, names)),
             sets=sql.SQL(", ").join(
-                [sql.SQL("{} = EXCLUDED.{}").format(c, c) for c in counters] + [sql.SQL("recorded_at = now()")]
+                [sql.SQL(self._STREAM_STATS_MERGE[c]).format(c=sql.Identifier(c)) for c in counters]
+                + [sql.SQL("recorded_at = now()")]
             ),
         )
         params = [{name: row.get(name, 0) for name in names} for row in rows]
