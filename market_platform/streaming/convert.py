@@ -94,11 +94,13 @@ def _strings(values: list) -> pa.Array:
 
 
 def _floats(values: list) -> np.ndarray:
-    # Arrow refuses strings and other non-numbers where numpy would parse "1.5", but takes
-    # True for 1.0: a boolean is no price.
-    if bool in set(map(type, values)):
+    # Arrow refuses strings and other non-numbers where numpy would parse "1.5", but takes True
+    # for 1.0: a boolean is no price. Only the values that came out 0 or 1 can have been one.
+    array = pa.array(values, pa.float64()).to_numpy(zero_copy_only=False)
+    suspects = np.flatnonzero((array == 1.0) | (array == 0.0))
+    if len(suspects) and any(type(values[i]) is bool for i in suspects.tolist()):
         raise TypeError("a boolean where a number is expected")
-    return pa.array(values, pa.float64()).to_numpy(zero_copy_only=False)
+    return array
 
 
 def _ints(values: list, type_: pa.DataType) -> pa.Array:
