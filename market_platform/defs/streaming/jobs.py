@@ -19,6 +19,7 @@ from market_platform.defs.streaming.assets import LIVE_TABLES, live_bars_1m, liv
 from market_platform.defs.streaming.resources import AlpacaStreamResource
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming import StreamReport
+from market_platform.streaming.convert import Bounds
 from market_platform.streaming.runs import is_loopback, stream_window, today
 
 UTC = timezone.utc
@@ -41,6 +42,8 @@ class StreamRunConfig(dg.Config):
     repair_delay_seconds: float = Field(default=60.0, description="Wait this long after a reconnect to repair its gap")
     change_filter: bool = Field(default=False, description="Store a quote only when its bid or ask price changed")
     connect_attempts: int = Field(default=5, description="Failed connections in a row, before any succeeds, that fail the run")
+    max_price: float = Field(default=Bounds.max_price, description="A price above this is implausible: a dead letter")
+    max_size: float = Field(default=Bounds.max_size, description="A quote or trade size above this is implausible: a dead letter")
     report_every_minutes: int = Field(default=5, description="Report on the live tables every N stream minutes")
 
 
@@ -91,6 +94,7 @@ def run_stream(context: dg.OpExecutionContext, kind: str, config: StreamRunConfi
         on_minute=reporter, on_start=started, stale_after=config.stale_after_seconds,
         repair_delay=config.repair_delay_seconds, change_filter=config.change_filter,
         connect_attempts=config.connect_attempts,
+        bounds=Bounds(max_price=config.max_price, max_size=config.max_size),
     )
     reporter.final(report)
     context.log.info(f"{report.stream}: {report.summary()}")
