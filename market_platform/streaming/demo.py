@@ -45,14 +45,14 @@ def stream_demo_session(
     market: SimMarket | None = None,
     n_stocks: int | None = None,
     speed: float | None = None,
-    start: str | None = "15:50",
+    start: str | None = "15:55",
     end: str | None = "16:00",
     store_url: str | None = None,
     echo: Callable[[str], None] = print,
     every: int = 1,
 ) -> tuple[StreamReport, list[dict]]:
     """Stream [start, end) New York of the simulated session `day` (default: the last completed
-    one; the window: the last ten minutes of regular trading, the busiest of the day) into the
+    one; the window: the last five minutes of regular trading, the busiest of the day) into the
     tick store at `speed` times real time (None: as fast as it goes), print the stored counts per
     minute (a line per `every` minutes, each with its busiest minute) and the totals; return the
     report and the per-minute counts. `market`: the simulated market (default the one the
