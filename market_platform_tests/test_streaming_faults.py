@@ -5,6 +5,7 @@ Real alpaca-py against the stream replay, into a real PostgreSQL; frames injecte
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import time
@@ -159,7 +160,9 @@ def test_fuzzed_frames_are_dead_letters_and_the_window_is_whole(stream_db, repla
     # The clock never left the window: no statistics row or checkpoint beyond it, no gap.
     assert report.gaps == 0 and report.reconnects == 0
     last = db_rows(stream_db, "SELECT max(minute) AS m FROM stream_stats")[0]["m"]
-    assert last <= end
+    assert last <= end and report.last_event <= end
+    checkpoint = json.loads((tmp_path / "spool" / "checkpoint.json").read_text())["committed_event_ns"]
+    assert start.timestamp() * NS < checkpoint <= end.timestamp() * NS
 
 
 def _refuse_quotes(url: str) -> None:
