@@ -311,7 +311,7 @@ def make_client(
     logging.getLogger("alpaca.data.live.websocket").addFilter(_FILTER)  # once: filters are a set
     # alpaca-py's settings (replaced as a whole when any is given), with 128 frames queued
     # instead of 1,024: ~14 MB of frames rather than ~110 MB when the client falls behind.
-    params = {"ping_interval": 10, "ping_timeout": 180, "max_queue": 128, "max_size": MAX_FRAME_BYTES,
+    params = {"ping_interval": 10, "ping_timeout": 180, "max_queue": 128, "max_size": MAX_FRAME_BYTES, "close_timeout": 2,
               "compression": "deflate" if compression else None}
     if crypto:
         client: Any = InstrumentedCryptoStream(api_key, secret_key, raw_data=True, url_override=url,

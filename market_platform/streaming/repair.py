@@ -221,8 +221,8 @@ def repair_gaps(store: TickStore, history: History, gaps: Sequence[Gap], *,
                         setattr(result, what, write(_as_repair(fetched), dedupe=True))
             last = bars_until(gap) if bars_until is not None else ceil_minute(gap.end)
             result.bars = repair_bars(store, history, gap.symbols, floor_minute(gap.start), last)
-        except (MarketPlatformError, OSError, ValueError) as exc:
-            result.error = " ".join(str(exc).split())[:500]
+        except Exception as exc:  # a vendor or database failure: reported per gap, the others go on
+            result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
         result.calls = history.calls - calls
         if gap.id is not None:
             if result.error is None:
@@ -387,11 +387,21 @@ class RepairWorker:
                 for task in due:
                     waiting.remove(task)
                 for task in _merged(due):
-                    self._do(store, task)
+                    self._safely(store, task)
         finally:
             for task in sorted(waiting):  # left for the sweep
                 self._queue.put(task)
             store.close()
+
+    def _safely(self, store: TickStore, task: _Task) -> None:
+        """`_do(task)`; whatever fails is reported (`failures`), never the end of the thread."""
+        try:
+            self._do(store, task)
+        except Exception as exc:
+            message = (f"{task.kind} {task.start:%H:%M:%S}-{task.end:%H:%M:%S} UTC failed: "
+                       f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            log.warning("%s: %s", self.stream, message)
+            self.failures.append(message)
 
     def _do(self, store: TickStore, task: _Task) -> None:
         if task.kind == "gap":
@@ -405,7 +415,7 @@ class RepairWorker:
         start, end = max(start, floor_minute(self.window[0])), min(end, ceil_minute(self.window[1]))
         try:
             runs = incomplete_minutes(store, self.history, self.symbols, start, end)
-        except (MarketPlatformError, OSError, ValueError) as exc:
+        except (MarketPlatformError, OSError, ValueError) as exc:  # the vendor: the minutes stay unchecked
             message = f"minutes {start:%H:%M}-{end:%H:%M} UTC not checked: {' '.join(str(exc).split())[:300]}"
             log.warning("%s: %s", self.stream, message)
             self.failures.append(message)
@@ -443,30 +453,37 @@ class RepairWorker:
         store = self._store_factory()
         before = len(self.repairs)
         try:
-            left: list[_Task] = []
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item:
-                    left.append(item)
-            start, end = self.window
-            gaps = store.read_arrow(
-                "SELECT id, gap_start, gap_end, reason FROM stream_gaps WHERE stream = %(stream)s "
-                "AND repaired_at IS NULL AND gap_start < %(end)s AND coalesce(gap_end, gap_start) >= %(start)s "
-                "ORDER BY gap_start",
-                {"stream": self.stream, "start": start, "end": end},
-            ).to_pylist()
-            pending = [Gap(max(g["gap_start"], floor_minute(start)), min(g["gap_end"] or end, end), self.symbols,
-                           g["id"], g["reason"]) for g in gaps]
-            self._repaired(repair_gaps(store, self.history, pending,
-                                       bars_until=lambda g: min(ceil_minute(g.end), ceil_minute(end))))
-            for task in _merged(sorted(t for t in left if t.kind == "check")):  # after the gaps they may overlap
-                self._do(store, task)
-            if until > self._checked:
-                self._check(store, self._checked, until)
-                self._checked = until
-            return len(self.repairs) - before
+            self._sweep(store, until)
+        except Exception as exc:  # the stream's data is in: a failed repair is reported, not raised
+            message = f"the final repair failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            log.warning("%s: %s", self.stream, message)
+            self.failures.append(message)
         finally:
             store.close()
+        return len(self.repairs) - before
+
+    def _sweep(self, store: TickStore, until: datetime) -> None:
+        left: list[_Task] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item:
+                left.append(item)
+        start, end = self.window
+        gaps = store.read_arrow(
+            "SELECT id, gap_start, gap_end, reason FROM stream_gaps WHERE stream = %(stream)s "
+            "AND repaired_at IS NULL AND gap_start < %(end)s AND coalesce(gap_end, gap_start) >= %(start)s "
+            "ORDER BY gap_start",
+            {"stream": self.stream, "start": start, "end": end},
+        ).to_pylist()
+        pending = [Gap(max(g["gap_start"], floor_minute(start)), min(g["gap_end"] or end, end), self.symbols,
+                       g["id"], g["reason"]) for g in gaps]
+        self._repaired(repair_gaps(store, self.history, pending,
+                                   bars_until=lambda g: min(ceil_minute(g.end), ceil_minute(end))))
+        for task in _merged(sorted(t for t in left if t.kind == "check")):  # after the gaps they may overlap
+            self._safely(store, task)
+        if until > self._checked:
+            self._safely(store, _Task(0.0, 0, "check", self._checked, until))
+            self._checked = until
