@@ -3,19 +3,21 @@ retention the rollups need: on both servers, and on TimescaleDB where MARKET_TES
 
 from __future__ import annotations
 
+import shutil
 from datetime import date, datetime, timezone
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
+from market_platform import settings
 from market_platform.errors import ConfigError
 from market_platform.schemas import BARS
 from market_platform.storage import synthetic
 from market_platform.storage.migrations import MIN_BARS_DAYS_WITH_ROLLUPS, Schema
 from market_platform.storage.refresh import DirtyRange, Refresher, plan
 from market_platform.storage.server import StoreConnection
-from market_platform.storage.timescale import Retention, TickStore
+from market_platform.storage.timescale import Retention, TickStore, migrations
 from market_platform_tests.test_storage_timescale import RULES, _expected_rollup, _rollup_frame
 
 UTC = timezone.utc
@@ -247,3 +249,41 @@ def test_the_tick_store_resource_refuses_it_where_rollups_are_materialized(tick_
     with pytest.raises(ConfigError, match="Retention.bars_days=10"):
         resource.store()
     assert tick_store.status()["retention_days"]["bars_1m"] == 365  # nothing written
+
+
+# -- the upgrade -------------------------------------------------------------------------------
+
+
+def test_an_existing_database_is_upgraded_in_place(pg_server_url, make_database, tmp_path) -> None:
+    # A database made before the 004x migrations, holding bars of two sources tied on a minute.
+    sql_root = tmp_path / "sql"
+    shutil.copytree(settings.sql_dir(), sql_root)
+    new = sorted(path for path in sql_root.glob("*/004*.sql"))
+    for path in new:
+        path.rename(tmp_path / path.name)
+    url = make_database("postgres")
+    bars = pa.concat_tables([synthetic.bars(45, symbols=2, start=_at(25, 14, 30), seed=1),
+                             synthetic.bars(2, symbols=1, start=_at(25, 14, 40), seed=2, source="alpaca")])
+    with TickStore(url, sql_root=sql_root) as old:
+        old.init_schema()
+        old.maintain(now=_at(25, 12))  # the day's partition on plain PostgreSQL
+        with old.connect() as conn:  # what the writer of that version did: no rollup_dirty yet
+            conn.execute("CREATE TEMP TABLE b (LIKE bars_1m)")
+            with conn.cursor().copy("COPY b FROM STDIN") as copy:
+                for row in bars.to_pylist():
+                    copy.write_row(tuple(row.values()))
+            conn.execute("INSERT INTO bars_1m SELECT * FROM b")
+            conn.commit()
+    for path in new:
+        (tmp_path / path.name).rename(sql_root / path.parent.name / path.name)
+
+    with TickStore(url, sql_root=sql_root) as store:
+        applied = store.init_schema()
+        variant = store.variant()
+        assert applied == [m.name for m in migrations(variant, sql_root) if m.version >= 40]
+        store.maintain(now=_at(26, 12))  # what `db init` runs next
+        assert store.pending_rollups() == []
+        stored = store.read_bars("1m", _at(25, 0), _at(26, 0))
+        for timeframe, rule in RULES.items():
+            view = store.read_arrow(f"SELECT * FROM bars_{timeframe}")
+            pd.testing.assert_frame_equal(_rollup_frame(view), _expected_rollup(stored, rule), check_dtype=False)

@@ -6,7 +6,8 @@ applies alone. The variant is `timescale` when the extension is installed or loa
 (hypertables with 1-day chunks, compression, retention policies, continuous aggregates) and
 `postgres` otherwise (PostgreSQL >= 15: range partitions by New York day that `maintain()`
 creates ahead and drops past retention, rollups as views). Both have the same tables, columns
-and queries. A database keeps the variant it was created with.
+and queries. A database keeps the variant it was created with. On TimescaleDB the retention of
+bars_1m must outlast the rollups' refresh windows (`Retention.check_rollups`).
 """
 
 from __future__ import annotations

@@ -159,6 +159,8 @@ class Refresher:
         unknown = sorted(set(wanted) - set(ROLLUP_NAMES))
         if unknown:
             raise InvalidInputError(f"unknown rollups {unknown}: expected any of {', '.join(ROLLUP_NAMES)}")
+        if not conn.execute("SELECT to_regclass('rollup_dirty') IS NOT NULL").fetchone()[0]:
+            return []  # a schema from before it (init_schema adds it)
         # The New York days a bucket meeting [start, end) can hold minutes of, a day either side.
         rows = conn.execute(
             "SELECT rollup, day, first_ts, last_ts, version FROM rollup_dirty "

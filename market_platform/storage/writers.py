@@ -3,8 +3,12 @@
 
 Writes: Arrow tables in the schemas of `market_platform.schemas`, sent with binary COPY built
 from the Arrow buffers (`pgbinary`), through a temporary staging table where duplicates are
-possible, so writes are idempotent by natural key. Timestamps keep microseconds (PostgreSQL's
-precision); the nanoseconds of Arrow timestamps are truncated.
+possible, so writes are idempotent by natural key. Where the batch's range meets compressed
+chunks (TimescaleDB's columnstore), the staged rows stored already are dropped first, so nothing
+stored is decompressed (`Writers`, `skip_stored`). Bars record the minutes they insert or change
+in rollup_dirty, in the same transaction, for the rollups' refresh (storage/refresh.py).
+Timestamps keep microseconds (PostgreSQL's precision); the nanoseconds of Arrow timestamps are
+truncated.
 """
 
 from __future__ import annotations
