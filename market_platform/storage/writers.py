@@ -87,8 +87,10 @@ class Writers:
     inserts: "compressed" (default) when that range meets a compressed (columnstore) chunk on
     TimescaleDB, "always", or "never". An INSERT ... ON CONFLICT that meets a stored key in a
     compressed chunk decompresses the key's batch into the row store, even when it then changes
-    nothing; reading compares in memory and moves nothing. On uncompressed data ON CONFLICT is
-    the faster check, so the plain path is left alone.
+    nothing; reading compares in memory and moves nothing. Uncompressed data keeps the plain
+    ON CONFLICT path, whose rates benchmarks/copy_throughput.py tracks (on plain PostgreSQL,
+    benchmarks/redelivered_quotes.py finds reading first no slower, and faster when the whole
+    batch is stored already).
     """
 
     def __init__(
