@@ -173,7 +173,7 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
     from market_platform import calendar
     from market_platform.errors import InvalidInputError
     from market_platform.history.bars import TIMEFRAMES
-    from market_platform.history.universe import UNIVERSES, session_symbols
+    from market_platform.history.universe import UNIVERSES, discovered_categories
     from market_platform.history.vendors import SOURCE_CHOICES
     from market_platform.sources.vendor import symbol_list
     from market_platform.storage.lake import Lake
@@ -206,7 +206,7 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
         _vendors().check_symbols(names, days[0], days[-1])
         options.update(tickers=names, check_tickers=False)
     else:
-        session_symbols(Lake.from_settings(), days[0], universe_name)  # a universe must have been discovered
+        discovered_categories(Lake.from_settings(), universe_name)  # a universe must have been discovered
     started = time.monotonic()
     outcome = _launch_backfill(days, timeframes=frames, run_config=_bars_config(**options), label="backfill")
     click.echo(f"backfill {outcome.backfill_id}: {len(days)} sessions ({days[0]} to {days[-1]}), "

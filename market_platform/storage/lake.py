@@ -24,7 +24,8 @@ query that produces them); a batch that starts before the previous one ended rai
 InvalidInputError and nothing is written.
 
 Datasets are registered with a schema (or None: any schema) and their partition keys; writes to a
-dataset with a schema are `schemas.conform`-ed. The key named `date` holds a real date `YYYY-MM-DD`
+dataset with a schema are `schemas.conform`-ed. The platform's datasets are all declared here
+(`PLATFORM_DATASETS`), so every process sees the same set whatever it imported. The key named `date` holds a real date `YYYY-MM-DD`
 and is typed DATE in DuckDB; other keys hold `[A-Za-z0-9_.-]+` and are VARCHAR.
 
 S3 settings come from the constructor, else the environment: MARKET_LAKE_S3_ENDPOINT (e.g.
@@ -120,11 +121,28 @@ def register_dataset(name: str, schema: pa.Schema | None, *, keys: tuple[str, ..
     PARTITION_KEYS[name] = keys
 
 
-for _bars in ("minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d"):
-    register_dataset(_bars, schemas.BARS)
-register_dataset("quotes_daily", schemas.QUOTES)
-register_dataset("trades_daily", schemas.TRADES)
-register_dataset("universe", schemas.UNIVERSE, keys=("category", "date"))
+#: Every dataset of the platform, declared here and only here, so that whatever a process imported,
+#: `connect()` (and so `query`, `status`, the checks) sees them all: name -> (schema, partition keys).
+PLATFORM_DATASETS: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
+    # Bars: ours (minute bars and their rollups) and the vendors' own aggregates beside them.
+    **{name: (schemas.BARS, ("date",)) for name in (
+        "minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d",
+        "vendor_bars_5m", "vendor_bars_15m", "vendor_bars_1h", "vendor_bars_1d")},
+    "quotes_daily": (schemas.QUOTES, ("date",)),
+    "trades_daily": (schemas.TRADES, ("date",)),
+    # Universe snapshots, per category and day; the top-3000 ranking per day.
+    "universe": (schemas.UNIVERSE, ("category", "date")),
+    "top3000": (schemas.RANKED_UNIVERSE, ("date",)),
+    # Derived data.
+    "daily_metrics": (schemas.DAILY_METRICS, ("date",)),
+    "intraday_metrics": (schemas.INTRADAY_METRICS, ("date",)),
+    "return_features": (schemas.RETURN_FEATURES, ("date",)),
+    "return_forecast": (schemas.RETURN_FORECAST, ("date",)),
+    # Staging only (resumable backfills): which tickers each staged piece holds.
+    "backfill_progress": (schemas.PROGRESS, ("dataset", "date")),
+}
+for _name, (_schema, _keys) in PLATFORM_DATASETS.items():
+    register_dataset(_name, _schema, keys=_keys)
 
 
 def partition_spec(dataset: str, partition: Partition) -> dict[str, str]:

@@ -2,8 +2,8 @@
 vendors' own 5m/15m/1h/1d bars beside ours.
 
 A session's tickers are the `tickers` of the run config, or the universe snapshot in force on the
-session (`history.universe.session_symbols`): the latest snapshot on or before it, else the first
-after it. The source per session follows `Vendors.choose`: Flat Files for sessions older than 30
+session (`history.universe.session_symbols`): the latest snapshot on or before it, never a later
+one; where the lake has none, one as of the session from the vendor's dated reference data. The source per session follows `Vendors.choose`: Flat Files for sessions older than 30
 days, REST for recent ones, Alpaca as the alternative provider; every run is resumable at ticker
 granularity and merges into the session (`history.bars`).
 """
@@ -52,7 +52,7 @@ def backfill_partitions(context: dg.AssetExecutionContext, config: BarsConfig, v
         if config.tickers:
             symbols = config.tickers
         else:
-            symbols, snapshots[day.isoformat()] = session_symbols(store, day, config.universe)
+            symbols, snapshots[day.isoformat()] = session_symbols(store, day, config.universe, v)
         last = backfill_session(v, store, day, symbols, timeframe=timeframe, source=config.source,
                                 stage_every=config.stage_every, log=context.log.info)
         context.log.info(f"{day}: {last.rows:,} {last.dataset} rows from {last.source}; {last.fetched} "
