@@ -136,6 +136,21 @@ def test_sources_agree(bars):
     assert outcome.metrics["left_only_bars"] == 50
     assert outcome.examples.num_rows == quality.EXAMPLES
     assert outcome.examples["price_diff"][0].as_py() == pytest.approx(0.02 / 1.02, rel=1e-6)  # relative to the right side
+    assert outcome.metrics["price_disagreeing_bars"] == outcome.metrics["disagreeing_bars"]
+    assert outcome.metrics["volume_disagreeing_bars"] == 0
+
+    # The same prices from another market: a tenth of the volume (issue 11: 52,084 live vs 651,007).
+    volume = other["volume"].to_numpy().copy()
+    thin = other.set_column(6, bars.schema.field("volume"), pa.array(np.floor(volume / 12.5)))
+    outcome = quality.sources_agree(bars, thin)
+    busy = int(np.sum(volume - np.floor(volume / 12.5) > np.maximum(0.05 * volume, 100)))
+    assert not outcome.passed and busy > 0
+    assert outcome.metrics["volume_disagreeing_bars"] == outcome.metrics["disagreeing_bars"] == busy
+    assert outcome.metrics["price_disagreeing_bars"] == 0 and "in volume" in outcome.summary
+    # Within the tolerance (a few percent: vendors drop different trade conditions) they agree.
+    near = other.set_column(6, bars.schema.field("volume"), pa.array(volume * 0.97))
+    assert quality.sources_agree(bars, near).passed
+    assert quality.sources_agree(bars, thin, volume_tolerance=None).passed
 
 
 def test_live_fresh(tick_store, sim):

@@ -95,8 +95,8 @@ def sources_agree(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, tick_store: TickStoreResource
 ) -> dg.AssetCheckResult:
     """Where two sources cover the session — the lake's bars and the tick store's live bars, or two
-    sources inside the lake's partition — their common minutes agree within 0.5% in price; the
-    disagreements are listed."""
+    sources inside the lake's partition — their common minutes agree within 0.5% in price and 5%
+    (or 100 shares) in volume (`analytics.quality.sources_agree`); the disagreements are listed."""
     return per_session(context, lambda key: _sources_agree(lake, tick_store, key), severity=dg.AssetCheckSeverity.WARN)
 
 
