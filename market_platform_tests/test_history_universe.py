@@ -142,8 +142,7 @@ def test_a_session_before_every_snapshot_takes_one_as_of_its_day_from_the_vendor
     for category in STOCK_CATEGORIES:
         lake.write_partition("universe", {"category": category, "date": late}, sim.universe(category, late))
     result = dg.materialize([minute_bars], partition_key="2024-11-26", resources=history_resources)
-    assert metadata(result)["universe_snapshots"].value == {"2024-11-26": {"us_equities": "2024-11-26",
-                                                                           "etf": "2024-11-26"}}
+    assert metadata(result)["universe_snapshots"].value == {"us_equities": "2024-11-26", "etf": "2024-11-26"}
     for category in STOCK_CATEGORIES:
         taken = lake.read_partition("universe", {"category": category, "date": "2024-11-26"})
         assert taken["symbol"].to_pylist() == sim.universe(category, SIM_DAY)["symbol"].to_pylist()
