@@ -67,6 +67,14 @@ def check_limit(limit: int | None) -> None:
         raise InvalidInputError(f"limit {limit!r}: expected a positive number of tickers")
 
 
+def check_snapshot_day(day: date, today: date, *, name: str = "as_of") -> date:
+    """`day` when a snapshot can be taken of it: from the start of the platform's history to today."""
+    if not calendar.CALENDAR_START <= day <= today:
+        raise InvalidInputError(f"{name} {day.isoformat()}: expected a day from {calendar.CALENDAR_START.isoformat()} "
+                                f"(the start of the platform's history) to today, {today.isoformat()}")
+    return day
+
+
 def check_category(category: str) -> None:
     if category not in CATEGORIES:
         raise InvalidInputError(f"unknown category {category!r}: expected one of {', '.join(CATEGORIES)}")

@@ -253,6 +253,25 @@ class Lake:
     def is_s3(self) -> bool:
         return isinstance(self._store, _S3Store)
 
+    @property
+    def local_root(self) -> Path | None:
+        """The directory of a local lake (None on S3)."""
+        return self._store.root if isinstance(self._store, _LocalStore) else None
+
+    def check(self, *, exists: bool = False) -> None:
+        """Raise ConfigError when the lake cannot be used: a local root that is a file or lies
+        under one, or (with `exists`) that does not exist yet. An S3 lake is checked by use."""
+        if not isinstance(self._store, _LocalStore):
+            return
+        root = self._store.root
+        existing = next(path for path in (root, *root.parents) if path.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"lake path {str(root)!r}: {str(existing)!r} is a file: expected a directory "
+                              f"(set {settings.LAKE_URL_VAR} to a directory or s3://bucket[/prefix])")
+        if exists and existing != root:
+            raise ConfigError(f"no lake at {str(root)!r}: the directory does not exist (check {settings.LAKE_URL_VAR}; "
+                              "`market-platform discover` or `backfill` creates it)")
+
     # -- partitions ---------------------------------------------------------------------------
 
     def write_partition(
