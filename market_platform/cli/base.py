@@ -100,7 +100,7 @@ def _vendors():
     return Vendors.from_env(market=lambda: market.market)
 
 
-def check_configuration(*, vendors: bool = True) -> None:
+def check_configuration() -> None:
     """What every run launched from the CLI needs, checked before any run (and any Dagster table)
     exists, so that a wrong setting is one `error:` line at once, not a failed run: the lake URL
     is usable, the database answers within CHECK_CONNECT_SECONDS, the vendors' settings hold."""
@@ -116,8 +116,7 @@ def check_configuration(*, vendors: bool = True) -> None:
             raise DatabaseUnavailableError(f"{exc} (check {settings.DB_URL_VAR}, or unset it to use the embedded "
                                            "server)") from None
         raise
-    if vendors:
-        _vendors()
+    _vendors()
 
 
 def run_failed(result) -> MarketPlatformError:

@@ -25,8 +25,9 @@ InvalidInputError and nothing is written.
 
 Datasets are registered with a schema (or None: any schema) and their partition keys; writes to a
 dataset with a schema are `schemas.conform`-ed. The platform's datasets are all declared here
-(`PLATFORM_DATASETS`), so every process sees the same set whatever it imported. The key named `date` holds a real date `YYYY-MM-DD`
-and is typed DATE in DuckDB; other keys hold `[A-Za-z0-9_.-]+` and are VARCHAR.
+(`PLATFORM_DATASETS`), so every process sees the same set whatever it imported. The key named
+`date` holds a real date `YYYY-MM-DD` and is typed DATE in DuckDB; other keys hold
+`[A-Za-z0-9_.-]+` and are VARCHAR.
 
 S3 settings come from the constructor, else the environment: MARKET_LAKE_S3_ENDPOINT (e.g.
 `http://127.0.0.1:9000`; unset means AWS), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY

@@ -3,9 +3,11 @@ vendors' own 5m/15m/1h/1d bars beside ours.
 
 A session's tickers are the `tickers` of the run config, or the universe snapshot in force on the
 session (`history.universe.session_symbols`): the latest snapshot on or before it, never a later
-one; where the lake has none, one as of the session from the vendor's dated reference data. The source per session follows `Vendors.choose`: Flat Files for sessions older than 30
-days, REST for recent ones, Alpaca as the alternative provider; every run is resumable at ticker
-granularity and merges into the session (`history.bars`).
+one; where the lake has none, one as of the session from the vendor's dated reference data. The
+source per session follows `Vendors.choose`: Flat Files for sessions older than 30 days, REST for
+recent ones, Alpaca as the alternative provider; every run is resumable at ticker granularity and
+merges into the session (`history.bars`). A run of several sessions materializes each with its own
+metadata (`context.add_asset_metadata(..., partition_key=...)`).
 """
 
 from datetime import date
