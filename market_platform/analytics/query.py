@@ -95,8 +95,9 @@ class Fetch:
 def sandbox(con: duckdb.DuckDBPyConnection, *, allowed: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
     """Lock `con` down for users' SQL (see the module docstring): files in `allowed` directories
     only, no network, no extension, and a configuration that cannot be changed back."""
+    # DuckDB's progress bar writes to stdout, into the CSV or JSON a user pipes `query` to.
     for statement in ("SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
-                      "SET allow_community_extensions = false"):
+                      "SET allow_community_extensions = false", "SET enable_progress_bar = false"):
         con.execute(statement)
     if allowed:
         # Paths come from the lake's validated root (no quote: storage.lake._parse_local_url).
