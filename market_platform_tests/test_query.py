@@ -119,7 +119,7 @@ def test_sql_reaches_the_lake_and_nothing_else(metrics_lake, s3_lake, sim, tmp_p
     # Past the read-only check, the connection itself refuses to be reconfigured or to install.
     con, _ = q.connect(metrics_lake, "SELECT 1")
     try:
-        assert con.sql("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False  # not into stdout
+        assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False  # not into stdout
         for statement in ("SET enable_external_access = true", "SET allowed_directories = ['/']", "INSTALL httpfs",
                           "SET autoinstall_known_extensions = true", f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'"):
             with pytest.raises(duckdb.Error):
