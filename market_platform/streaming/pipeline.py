@@ -21,8 +21,8 @@ Nothing one message holds can stop the writer: rows the database refuses for the
 (text it cannot store, a value out of its range: `_CONTENT_ERRORS`) are isolated by writing the
 batch in halves, and those alone become dead letters. Any other failure ends the writer:
 `failure` holds it, `drain()` returns at once, the stream fails the run with it, and what was
-not written stays in the spool for the next run. A spooled entry (of an earlier run) that
-cannot be read or keeps failing is moved to `dead_letters`, whole, and the replay goes on.
+not written stays in the spool for the next run. A spooled entry that cannot be read, or keeps
+failing for what it holds, is moved to `dead_letters`, whole, and the replay goes on.
 Entries name their stream: a spool shared by mistake replays only this stream's.
 """
 
@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from market_platform.errors import DatabaseUnavailableError, InvalidInputError, StorageError
+from market_platform.storage.server import one_line
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming.convert import (
     Converter,
@@ -53,7 +54,6 @@ from market_platform.streaming.convert import (
 )
 from market_platform.streaming.spool import Spool, SpoolEntry, SpoolReadError
 from market_platform.streaming.stats import StreamStats
-from market_platform.storage.server import one_line
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ _SPOOL_ATTEMPTS = 3  # a spooled entry that fails this often for anything but an
 #: What the database refuses for a row's content (class 22 data exceptions, class 23 integrity
 #: violations other than a repeated key, which the dedupe path handles).
 _CONTENT_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+#: What a spooled entry's own content can raise when written (tables an earlier version wrote,
+#: values the database refuses); anything else (a refusal of every write) stops the writer.
+_ENTRY_ERRORS = (*_CONTENT_ERRORS, InvalidInputError, pa.ArrowException, KeyError, ValueError, TypeError)
 
 
 @dataclass
@@ -77,7 +80,6 @@ class Unit:
     bars: list
     dead: list[dict] = field(default_factory=list)
     arrived: float = 0.0   # wall time the first message arrived
-    max_event_ns: int = 0  # latest event time among the messages
 
     def __len__(self) -> int:
         return len(self.quotes) + len(self.trades) + len(self.bars)
@@ -106,8 +108,9 @@ class Pipeline:
     """The converter and writer threads of one stream (see the module docstring).
 
     `store_factory` makes the writer's own TickStore; `on_gap(gap_id, start, end, reason)` is
-    called by the writer after it records a gap; `event_to_wall` maps event times (ns, an array) to the
-    wall time they happened (seconds), for the lag from event to commit (None: from arrival).
+    called by the writer after it records a gap; `event_to_wall` maps event times (ns, an array)
+    to the wall time they happened (seconds), for the lag from event to commit (None: from
+    arrival).
     """
 
     def __init__(
@@ -308,7 +311,7 @@ class Pipeline:
             return item
         rows = [self.converter.dead_letter("not converted: internal error", m) for kind in _KINDS
                 for m in getattr(item, kind)] + list(item.dead)
-        return Batch({"dead_letters": dead_letter_table(rows)} if rows else {}, item.arrived, item.max_event_ns)
+        return Batch({"dead_letters": dead_letter_table(rows)} if rows else {}, item.arrived, 0)
 
     def _route_item(self, item: Batch | Op) -> None:
         if not self._spooling:
@@ -376,8 +379,8 @@ class Pipeline:
                     backoff = min(backoff * 2, 2.0)
                     continue
                 except Exception as exc:
-                    if self._pending_seq is None:
-                        raise  # this run's own data: the writer stops and the run fails
+                    if self._pending_seq is None or not isinstance(exc, _ENTRY_ERRORS):
+                        raise  # not the content of a spooled entry: the writer stops and the run fails
                     self._spooled_failure(store, exc)
                     continue
                 if self.db_down_since is not None:

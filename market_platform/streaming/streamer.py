@@ -224,8 +224,6 @@ def _to_ns(instant: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * NS + delta.microseconds * 1000
 
 
-
-
 class Streamer:
     """Streams `config` into the tick store (see the module docstring); `run()` blocks.
 
