@@ -27,7 +27,8 @@ VARIANTS = ("postgres", "timescale")
 #: Tables partitioned by day (plain PostgreSQL) or hypertables with retention (TimescaleDB).
 LIVE_TABLES = ("quotes", "trades", "bars_1m")
 #: Every table `status()` reports on.
-TABLES = (*LIVE_TABLES, "stream_stats", "stream_gaps", "dead_letters", "universe")
+TABLES = (*LIVE_TABLES, "stream_stats", "stream_gaps", "dead_letters", "universe",
+          "snapshots", "snapshot_queue", "snapshot_misses")
 MIN_SERVER_VERSION = 150000
 MIN_TIMESCALEDB = (2, 13)
 
