@@ -210,16 +210,16 @@ class SnapshotStore:
     # -- silent stalls -----------------------------------------------------------------------
 
     def record_stall(self, stream: str, symbol: str, start: datetime, end: datetime, *, reason: str,
-                     conn: psycopg.Connection | None = None) -> tuple[int, bool]:
+                     conn: psycopg.Connection | None = None) -> tuple[int, str]:
         """Record that `stream` was silent on `symbol` over [start, end) while connected: a
         stream_gaps row of kind silent_stall. A stall of the symbol that overlaps or touches
-        this one is extended instead (and marked for repair again if it grew). Returns (gap id,
-        whether the row is new)."""
+        this one is extended instead (and marked for repair again). Returns (gap id, "new",
+        "extended" or "known")."""
         aware(start, "start"), aware(end, "end")
         if end <= start:
             raise InvalidInputError(f"stall end {end} is not after its start {start}")
 
-        def run(c: psycopg.Connection) -> tuple[int, bool]:
+        def run(c: psycopg.Connection) -> tuple[int, str]:
             row = c.execute(
                 "SELECT id, gap_start, gap_end FROM stream_gaps WHERE kind = %s AND stream = %s AND symbols = %s "
                 "AND gap_start <= %s AND gap_end >= %s ORDER BY gap_start LIMIT 1 FOR UPDATE",
@@ -231,12 +231,13 @@ class SnapshotStore:
                     "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
                     (stream, start, end, [symbol], reason, STALL_KIND),
                 ).fetchone()[0]
-                return gap_id, True
+                return gap_id, "new"
             gap_id, old_start, old_end = row
-            if start < old_start or end > old_end:
-                c.execute("UPDATE stream_gaps SET gap_start = least(gap_start, %s), gap_end = greatest(gap_end, %s), "
-                          "repaired_at = NULL, reason = %s WHERE id = %s", (start, end, reason, gap_id))
-            return gap_id, False
+            if start >= old_start and end <= old_end:
+                return gap_id, "known"
+            c.execute("UPDATE stream_gaps SET gap_start = least(gap_start, %s), gap_end = greatest(gap_end, %s), "
+                      "repaired_at = NULL, reason = %s WHERE id = %s", (start, end, reason, gap_id))
+            return gap_id, "extended"
 
         if conn is not None:
             return run(conn)
