@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 
 from market_platform.analytics.alerts import Alerter, Report, Rule
-from market_platform.errors import InvalidInputError, MarketPlatformError
+from market_platform.errors import ConfigError, InvalidInputError, MarketPlatformError
 from market_platform.schemas import STREAM_STALLS, Source
 from market_platform.storage.timescale import TickStore
-from market_platform.streaming.repair import MinuteBarsFetcher, floor_minute, repair_window
+from market_platform.streaming.repair import MinuteBarsFetcher, alpaca_fetcher, floor_minute, repair_window
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,21 @@ def repair(store: TickStore, fetch: MinuteBarsFetcher, start: datetime, end: dat
             continue
         report.repaired_gaps += 1
         report.repaired_bars += bars
+
+
+def rest_fetcher(*, alpaca=None, polygon=None) -> MinuteBarsFetcher:
+    """The stream's repair source: Alpaca's REST history (`AlpacaSource`), as for disconnects, or
+    Polygon's aggregates (`PolygonSource`) when Alpaca is not configured."""
+    if alpaca is not None:
+        return alpaca_fetcher(alpaca)
+    if polygon is None:
+        raise ConfigError("no REST vendor to repair silent stalls from: set ALPACA_API_KEY/ALPACA_SECRET_KEY "
+                          "or POLYGON_API_KEY")
+
+    def fetch(symbols, start: datetime, end: datetime) -> pa.Table:
+        return pa.concat_tables([polygon.bars(symbol, start, end) for symbol in symbols])
+
+    return fetch
 
 
 def session_report(store: TickStore, start: datetime, end: datetime) -> dict[str, Any]:
