@@ -384,7 +384,7 @@ def _snapshot_entries(state: SnapshotState, *, crypto: bool) -> list[dict[str, A
     """`tickers` of a Polygon snapshot response, one per row of `state.bars`."""
     bars = state.bars
     col = {name: bars.column(name).to_pylist() for name in bars.column_names if name != "min_ts"}
-    min_ms = (pc.cast(bars.column("min_ts"), pa.int64()).to_numpy(zero_copy_only=False) // 1_000_000).tolist()
+    min_ms = (pc.cast(bars.column("min_ts"), pa.int64()).fill_null(0).to_numpy() // 1_000_000).tolist()
     updated = state.updated_ns().tolist()
     trades, quotes = _by_symbol(state.trades), _by_symbol(state.quotes)
     entries = []

@@ -65,14 +65,24 @@ def parse(message: SnapshotMessage) -> pa.Table:
 # --------------------------------------------------------------------------- Polygon
 
 
+def _read_json(body: bytes, *, multiline: bool) -> pa.Table:
+    return pajson.read_json(
+        io.BytesIO(body),
+        read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(body) + 1, 1 << 16)),
+        parse_options=pajson.ParseOptions(explicit_schema=POLYGON_BODY, unexpected_field_behavior="ignore",
+                                          newlines_in_values=multiline),
+    )
+
+
 def polygon_rows(body: bytes, message: SnapshotMessage) -> pa.Table:
     try:
-        table = pajson.read_json(
-            io.BytesIO(body),
-            read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(body) + 1, 1 << 16)),
-            parse_options=pajson.ParseOptions(explicit_schema=POLYGON_BODY, unexpected_field_behavior="ignore",
-                                              newlines_in_values=True),
-        )
+        try:
+            # Polygon sends compact JSON, read twice as fast as JSON that may span lines.
+            table = _read_json(body, multiline=False)
+        except pa.ArrowInvalid:
+            if b"\n" not in body:
+                raise
+            table = _read_json(body, multiline=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise MalformedResponseError(f"Polygon snapshot of {message.key} is not the documented JSON: "
                                      f"{_short(exc)}") from None
