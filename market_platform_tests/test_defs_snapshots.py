@@ -159,10 +159,9 @@ def test_snapshots_cli_polls_processes_and_reports(tmp_path, make_database) -> N
     summary = json.loads(done.stdout)
     assert summary["polled"].startswith("4 minutes polled, 0 missed") and summary["missed"] == []
     assert summary["processed"].startswith("4 messages in 1 batches: 80 rows stored")
-    status = subprocess.run(command + ["status", "--day", "2024-11-26"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert status.returncode == 0, status.stderr
-    report = json.loads(status.stdout)
+    status = CliRunner().invoke(main, ["snapshots", "status", "--day", "2024-11-26"], env=env)  # in process
+    assert status.exit_code == 0, status.output
+    report = json.loads(status.output)
     assert report["queue"]["depth"] == 0 and report["queue"]["oldest_message"] is None
     assert report["last_processed"]["minute"] == "2024-11-26T15:03:00+00:00"
     assert report["snapshots"] == [{"source": "polygon_rest", "rows": 80, "minutes": 4}]

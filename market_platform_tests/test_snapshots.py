@@ -19,7 +19,7 @@ from market_platform.replay import ReplayData, SimProvider
 from market_platform.replay.alpaca import AlpacaReplay
 from market_platform.snapshots import feed_health
 from market_platform.snapshots.messages import SnapshotMessage
-from market_platform.snapshots.poller import PollClock, SnapshotVendor, minute_marks, poll_window
+from market_platform.snapshots.poller import PollClock, SnapshotVendor, minute_marks, poll_snapshots, poll_window
 from market_platform.snapshots.processor import drain, is_due, store_batch
 from market_platform.snapshots.queue import QueueStats, TableQueue
 from market_platform.sources.alpaca import AlpacaSource
@@ -245,6 +245,21 @@ def test_a_poller_that_falls_behind_records_the_minutes_it_missed(store, replay)
     assert report.polled == [minutes[0], minutes[2]] and [m for m, _ in report.missed] == [minutes[1]]
     assert "60 s late" in report.missed[0][1]
     assert _rows(tick_store, "SELECT minute FROM snapshot_misses") == [{"minute": minutes[1]}]
+
+
+def test_crypto_is_polled_around_the_clock_from_both_vendors(store, sim):
+    queue = TableQueue(store)
+    for provider in ("polygon", "alpaca"):  # a Saturday: crypto trades, stocks do not
+        report = poll_snapshots(store, queue, sim_market=sim, market="crypto", day="2024-11-30", start="03:00",
+                                end="03:02", speed=None, provider=provider, environ={})
+        assert len(report.polled) == 3 and not report.missed
+    assert drain(queue, store).rows == 2 * 3 * 5
+    rows = _rows(store, "SELECT source, symbol, last_price, min_ts FROM snapshots WHERE minute = %(m)s "
+                        "ORDER BY symbol, source", {"m": datetime(2024, 11, 30, 3, 2, tzinfo=UTC)})
+    pairs = sorted(sim.symbols("2024-11-30", category="crypto"))
+    assert [r["symbol"] for r in rows] == [p for p in pairs for _ in range(2)]  # X:BTCUSD became BTC/USD
+    btc = [r for r in rows if r["symbol"] == "BTC/USD"]
+    assert btc[0]["last_price"] == btc[1]["last_price"] and btc[0]["min_ts"] == btc[1]["min_ts"]
 
 
 def test_when_the_queue_is_due():

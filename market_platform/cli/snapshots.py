@@ -34,8 +34,8 @@ def _queue(store):
 @main.group(invoke_without_command=True)
 @click.option("--day", help="Session (stocks) or UTC day (crypto), YYYY-MM-DD; default today (the last session "
                             "for a replay).")
-@click.option("--start", help="Stocks: HH:MM New York to start at (default the pre-market open).")
-@click.option("--end", help="Stocks: HH:MM New York to end at (default the after-hours close).")
+@click.option("--start", help="HH:MM to start at: New York for stocks (default the pre-market open), UTC for crypto.")
+@click.option("--end", help="HH:MM to end at: New York for stocks (default the after-hours close), UTC for crypto.")
 @click.option("--speed", default="max", show_default=True, help="Replay only: times real time, or 'max'.")
 @click.option("--crypto", is_flag=True, help="Poll the crypto snapshot (a UTC day) instead of stocks.")
 @click.option("--provider", type=click.Choice(["auto", "polygon", "alpaca"]), default="auto", show_default=True,

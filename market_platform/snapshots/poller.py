@@ -221,17 +221,21 @@ def _miss(store: TickStore, report: PollReport, vendor: SnapshotVendor, minute: 
 
 
 def window(market: str, day: date | str, *, start: str | None = None, end: str | None = None) -> tuple[datetime, datetime]:
-    """[start, end] a poll run covers: a stock session's extended hours (narrowed by HH:MM New
-    York `start`/`end`), or a UTC day of crypto."""
-    from market_platform.streaming.runs import crypto_window, stock_window
+    """[start, end] a poll run covers: a stock session's extended hours, or a UTC day of crypto,
+    narrowed by `start`/`end` (HH:MM, New York for stocks, UTC for crypto)."""
+    from market_platform.streaming.runs import _wall_time, crypto_window, stock_window
 
     if market == "stocks":
         return stock_window(day, start=start, end=end)
-    if market == "crypto":
-        if start or end:
-            raise InvalidInputError("a crypto poll covers a whole UTC day: expected no start or end")
-        return crypto_window(day)
-    raise InvalidInputError(f"market {market!r}: expected stocks or crypto")
+    if market != "crypto":
+        raise InvalidInputError(f"market {market!r}: expected stocks or crypto")
+    lo, hi = crypto_window(day)
+    first = datetime.combine(lo.date(), _wall_time(start, "start"), UTC) if start else lo
+    last = datetime.combine(lo.date(), _wall_time(end, "end"), UTC) if end else hi
+    if not lo <= first < last <= hi:
+        raise InvalidInputError(f"the crypto window {start or '00:00'}-{end or '24:00'} UTC of {lo.date()} is empty: "
+                                "expected start before end, within the day")
+    return first, last
 
 
 def has_keys(provider: str, env: Mapping[str, str]) -> bool:

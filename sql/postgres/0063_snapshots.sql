@@ -37,5 +37,6 @@ CREATE TABLE snapshots (
     inserted_at   timestamptz      NOT NULL DEFAULT now(),
     PRIMARY KEY (symbol, minute, source)
 ) PARTITION BY RANGE (minute);
--- Feed health asks which minutes each symbol traded in, by the bar the snapshots carry.
-CREATE INDEX snapshots_min_ts_idx ON snapshots (min_ts, symbol);
+-- Rows arrive in minute order: a BRIN index lets a window of minutes (feed health, status) read
+-- only its blocks, at almost no cost to the ~3,000-row inserts of every minute.
+CREATE INDEX snapshots_minute_brin ON snapshots USING brin (minute);

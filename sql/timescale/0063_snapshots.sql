@@ -39,8 +39,9 @@ CREATE TABLE snapshots (
 
 -- 1-day chunks; the key includes the time column, as TimescaleDB requires of unique indexes.
 SELECT create_hypertable('snapshots', by_range('minute', INTERVAL '1 day'));
--- Feed health asks which minutes each symbol traded in, by the bar the snapshots carry.
-CREATE INDEX snapshots_min_ts_idx ON snapshots (min_ts, symbol);
+-- Rows arrive in minute order: a BRIN index lets a window of minutes (feed health, status) read
+-- only its blocks, at almost no cost to the ~3,000-row inserts of every minute.
+CREATE INDEX snapshots_minute_brin ON snapshots USING brin (minute);
 
 -- ~3,000 rows a minute, ~3M a session: compressed after a day, segmented by symbol.
 ALTER TABLE snapshots SET (

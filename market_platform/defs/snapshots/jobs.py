@@ -42,8 +42,8 @@ class SnapshotPollConfig(dg.Config):
     """What a poll run covers. Defaults: today's whole window, the vendor the keys name, real time."""
 
     day: Optional[str] = Field(default=None, description="Session (stocks) or UTC day (crypto), YYYY-MM-DD; default today")
-    start: Optional[str] = Field(default=None, description="Stocks: HH:MM New York to start at (default the pre-market open)")
-    end: Optional[str] = Field(default=None, description="Stocks: HH:MM New York to end at (default the after-hours close)")
+    start: Optional[str] = Field(default=None, description="HH:MM to start at, New York (stocks) or UTC (crypto)")
+    end: Optional[str] = Field(default=None, description="HH:MM to end at, New York (stocks) or UTC (crypto)")
     market: str = Field(default="stocks", description="stocks or crypto")
     provider: str = Field(default="auto", description="auto (Polygon if its key is set, else Alpaca), polygon or alpaca")
     speed: float = Field(default=1.0, description="Replay only: times real time; 0 polls as fast as possible")
