@@ -30,10 +30,12 @@ from psycopg import sql
 from market_platform.calendar import NEW_YORK
 from market_platform.errors import InvalidInputError
 from market_platform.schemas import SNAPSHOTS, conform
-from market_platform.storage import pgbinary
 from market_platform.storage.maintenance import aware
 from market_platform.storage.migrations import Schema
 from market_platform.storage.server import StoreConnection
+from market_platform.storage.writers import Writers
+
+_copy = Writers._copy  # COPY BINARY from the Arrow buffers: (column list, rows copied)
 
 UTC = timezone.utc
 T = TypeVar("T")
@@ -61,17 +63,6 @@ class QueuedMessage:
     polled_at: datetime
     body_size: int
     body: bytes  # zstd-compressed
-
-
-def _copy(conn: psycopg.Connection, into: sql.Identifier, rows: pa.Table) -> tuple[sql.Composable, int]:
-    """COPY BINARY `rows` (built from the Arrow buffers) into `into`; (column list, rows copied)."""
-    encoded = pgbinary.encode(rows)
-    columns = sql.SQL(", ").join(map(sql.Identifier, encoded.columns))
-    cur = conn.cursor()
-    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)) as copy:
-        for chunk in encoded.chunks:
-            copy.write(chunk)
-    return columns, cur.rowcount
 
 
 class SnapshotStore:
