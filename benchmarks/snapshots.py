@@ -74,7 +74,7 @@ def _queues(store: TickStore, endpoint: str) -> dict:
 
 def _truncate(store: TickStore) -> None:
     with store.connect() as conn:
-        conn.execute("TRUNCATE snapshots, snapshot_queue, dead_letters")
+        conn.execute("TRUNCATE market_snapshots, snapshot_queue, dead_letters")
         conn.commit()
 
 

@@ -115,7 +115,7 @@ PROGRESS = pa.schema(
 )
 
 #: One row per symbol and minute polled from a vendor's whole-market snapshot (the tick store's
-#: `snapshots`): the last trade and quote, the day so far, the last completed minute bar (`min_*`,
+#: `market_snapshots`): the last trade and quote, the day so far, the last completed minute bar (`min_*`,
 #: starting at `min_ts`), the previous session's close and the change from it, the vendor's
 #: `updated` time, and `inserted_at` (set by the database). Missing values (no trade yet today,
 #: a plan without quotes) are nulls, never zeros.

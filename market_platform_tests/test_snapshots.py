@@ -36,7 +36,7 @@ START = datetime(2024, 11, 26, 15, 0, tzinfo=UTC)  # 10:00 New York
 
 
 #: What a test leaves behind, emptied before the next one (one database per server for the module).
-_TABLES = ("snapshots", "snapshot_queue", "snapshot_misses", "dead_letters", "stream_gaps", "stream_stats", "bars_1m",
+_TABLES = ("market_snapshots", "snapshot_queue", "snapshot_misses", "dead_letters", "stream_gaps", "stream_stats", "bars_1m",
            "quotes", "trades", "alerts")
 
 
@@ -142,7 +142,7 @@ def test_processor_stopped_for_three_polled_minutes_then_started_stores_every_sn
     assert report.polled == minutes and not report.missed and report.messages == 7
     assert waiting == [3]  # the snapshots waited in the queue while the processor was stopped
     symbols = len(sim.stock_symbols(SIM_DAY))
-    counts = _rows(tick_store, "SELECT minute, count(*) AS n, count(DISTINCT symbol) AS d FROM snapshots "
+    counts = _rows(tick_store, "SELECT minute, count(*) AS n, count(DISTINCT symbol) AS d FROM market_snapshots "
                                "GROUP BY minute ORDER BY minute")
     assert [(r["minute"], r["n"], r["d"]) for r in counts] == [(m, symbols, symbols) for m in minutes]
     assert queue.stats().depth == 0
@@ -166,7 +166,7 @@ def test_sqs_redelivery_of_a_processed_message_stores_nothing_twice(store, repla
                                          VisibilityTimeout=0)
     again = drain(queue, tick_store)
     assert first.rows == 20 and again.messages == 1 and again.rows == 0 and again.duplicates == 20
-    assert _rows(tick_store, "SELECT count(*) AS n FROM snapshots")[0]["n"] == 20
+    assert _rows(tick_store, "SELECT count(*) AS n FROM market_snapshots")[0]["n"] == 20
     assert queue.stats() == QueueStats(0, None, 0)
     assert not queue._s3.list_objects_v2(Bucket=queue.payload_bucket).get("Contents")  # payload deleted after
 
@@ -254,7 +254,7 @@ def test_crypto_is_polled_around_the_clock_from_both_vendors(store, sim):
                                 end="03:02", speed=None, provider=provider, environ={})
         assert len(report.polled) == 3 and not report.missed
     assert drain(queue, store).rows == 2 * 3 * 5
-    rows = _rows(store, "SELECT source, symbol, last_price, min_ts FROM snapshots WHERE minute = %(m)s "
+    rows = _rows(store, "SELECT source, symbol, last_price, min_ts FROM market_snapshots WHERE minute = %(m)s "
                         "ORDER BY symbol, source", {"m": datetime(2024, 11, 30, 3, 2, tzinfo=UTC)})
     pairs = sorted(sim.symbols("2024-11-30", category="crypto"))
     assert [r["symbol"] for r in rows] == [p for p in pairs for _ in range(2)]  # X:BTCUSD became BTC/USD

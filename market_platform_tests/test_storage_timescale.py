@@ -69,7 +69,7 @@ def test_init_schema_creates_everything_once(tick_store: TickStore) -> None:
     assert status["variant"] == tick_store.variant() == "postgres"
     assert status["pending"] == [] and status["schema_version"] == migrations("postgres")[-1].version
     assert set(status["tables"]) == {"quotes", "trades", "bars_1m", "stream_stats", "stream_gaps",
-                                     "dead_letters", "universe", "snapshots", "snapshot_queue", "snapshot_misses"}
+                                     "dead_letters", "universe", "market_snapshots", "snapshot_queue", "snapshot_misses"}
     relations = {row["name"]: row["detail"] for row in before if row["kind"] == "rel"}
     assert {relations[name] for name in ("quotes", "trades", "bars_1m")} == {"p"}  # partitioned
     assert {relations[name] for name in ("bars_5m", "bars_15m", "bars_1h", "bars_1d")} == {"v"}

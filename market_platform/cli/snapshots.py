@@ -46,7 +46,7 @@ def _queue(store):
 @fail_cleanly
 def snapshots(ctx, day, start, end, speed, crypto, provider, stocks, activity) -> None:
     """Poll the whole-market snapshot once a minute over a window into the queue (the tick store's
-    table, or MARKET_SNAPSHOT_QUEUE_URL), process it into `snapshots`, and check the live stream
+    table, or MARKET_SNAPSHOT_QUEUE_URL), process it into `market_snapshots`, and check the live stream
     against it: from Polygon or Alpaca when their keys are set, else from a replay of the simulated
     market."""
     if ctx.invoked_subcommand is not None:
@@ -104,9 +104,9 @@ def status(day) -> None:
     cal = calendar.default_calendar()
     session = calendar.session(day) if day else (cal.session_at(now) or cal.session(cal.last_completed_session(now)))
     last = store.read_arrow(
-        "SELECT source, minute, inserted_at FROM snapshots ORDER BY inserted_at DESC, minute DESC LIMIT 1").to_pylist()
+        "SELECT source, minute, inserted_at FROM market_snapshots ORDER BY inserted_at DESC, minute DESC LIMIT 1").to_pylist()
     counts = store.read_arrow(
-        "SELECT source, count(*) AS rows, count(DISTINCT minute) AS minutes FROM snapshots "
+        "SELECT source, count(*) AS rows, count(DISTINCT minute) AS minutes FROM market_snapshots "
         "WHERE minute >= %(start)s AND minute <= %(end)s GROUP BY source ORDER BY source",
         {"start": session.start, "end": session.end}).to_pylist()
     misses = store.read_arrow(

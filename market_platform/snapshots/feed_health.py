@@ -57,7 +57,7 @@ live AS (
 carried AS (SELECT DISTINCT symbol FROM live),
 horizon AS (SELECT max(ts) AS last FROM live),
 traded AS (
-    SELECT DISTINCT symbol, min_ts AS ts FROM snapshots
+    SELECT DISTINCT symbol, min_ts AS ts FROM market_snapshots
     WHERE minute > %(start)s AND minute <= %(end)s + INTERVAL '1 minute'
       AND min_ts >= %(start)s AND min_ts < %(end)s AND min_volume > 0
 ),

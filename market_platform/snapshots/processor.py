@@ -1,4 +1,4 @@
-"""The snapshot processor: queued responses into the tick store's `snapshots`, a batch at a time.
+"""The snapshot processor: queued responses into the tick store's `market_snapshots`, a batch at a time.
 
 A batch is up to `batch_size` messages (10, SQS's largest receive). Each is parsed into Arrow
 (`parse`); the batch's rows go in with one binary COPY and ON CONFLICT DO NOTHING; a message
@@ -39,7 +39,7 @@ class ProcessReport:
 
     batches: int = 0
     messages: int = 0
-    rows: int = 0  # inserted into snapshots
+    rows: int = 0  # inserted into market_snapshots
     duplicates: int = 0  # rows already there (a redelivered message)
     dead_letters: int = 0
     minutes: set[tuple[str, str, datetime]] = field(default_factory=set)  # (source, market, minute)

@@ -4,7 +4,7 @@
   message is a row; the processor claims a batch with `FOR UPDATE SKIP LOCKED`, writes the rows
   and deletes the messages in one transaction. Exactly once, by the transaction.
 - **Amazon SQS** (`sqs://<queue name>` or the queue's https URL) through boto3: at-least-once,
-  made exactly-once by the `snapshots` table's key, since the rows of a message commit before the
+  made exactly-once by the `market_snapshots` table's key, since the rows of a message commit before the
   message is deleted and a redelivery inserts nothing. An SQS message holds at most 256 KB, and a
   whole-market snapshot is 1-2 MB of JSON: bodies travel zstd-compressed (base64) inside the
   message when that fits (~10x smaller; a few hundred tickers), and otherwise in S3 with a pointer
@@ -250,7 +250,7 @@ class SqsQueue:
     def process(self, handle: Handle, *, limit: int, connect: Callable[[], psycopg.Connection]) -> tuple[int, Any]:
         """Receive up to `limit` messages, `handle` them in a transaction of a connection from
         `connect`, commit, then delete them. A crash after the commit redelivers them later;
-        the `snapshots` key makes that a no-op."""
+        the `market_snapshots` key makes that a no-op."""
         deliveries = self.receive(limit)
         if not deliveries:
             return 0, None

@@ -28,7 +28,7 @@ VARIANTS = ("postgres", "timescale")
 LIVE_TABLES = ("quotes", "trades", "bars_1m")
 #: Every table `status()` reports on.
 TABLES = (*LIVE_TABLES, "stream_stats", "stream_gaps", "dead_letters", "universe",
-          "snapshots", "snapshot_queue", "snapshot_misses")
+          "market_snapshots", "snapshot_queue", "snapshot_misses")
 MIN_SERVER_VERSION = 150000
 MIN_TIMESCALEDB = (2, 13)
 

@@ -1,8 +1,8 @@
-"""The tick store's side of the minute snapshots: the `snapshots` table, its queue table (the
+"""The tick store's side of the minute snapshots: the `market_snapshots` table, its queue table (the
 default queue backend), the minutes the poller missed, and silent-stall gaps.
 
 Writes: `write_snapshots` sends schemas.SNAPSHOTS rows with binary COPY (built from the Arrow
-buffers by `pgbinary`) straight into `snapshots`; when a row's (symbol, minute, source) is stored
+buffers by `pgbinary`) straight into `market_snapshots`; when a row's (symbol, minute, source) is stored
 already (a message processed twice), that savepoint is undone and the rows go through a temporary
 staging table with ON CONFLICT DO NOTHING instead, so nothing is stored twice. It takes
 the caller's connection when given, so the queue table's processor can write rows and delete
@@ -100,12 +100,12 @@ class SnapshotStore:
         if not missing:
             return
         with conn.transaction():
-            conn.execute("SELECT ensure_day_partition('snapshots', d) FROM unnest(%s::date[]) AS d", (missing,))
+            conn.execute("SELECT ensure_day_partition('market_snapshots', d) FROM unnest(%s::date[]) AS d", (missing,))
         if remember:
             self._partitions.update(missing)
 
     def _insert(self, conn: psycopg.Connection, rows: pa.Table) -> int:
-        target = sql.Identifier("snapshots")
+        target = sql.Identifier("market_snapshots")
         try:
             # Straight in (3x faster); a key stored already (a redelivered message, a minute polled
             # twice) undoes only this savepoint, and the rows take the staging path below.
@@ -116,7 +116,7 @@ class SnapshotStore:
         stage = sql.Identifier("_stage_snapshots")
         # Per connection, emptied at every commit (and below, for a second batch before one); not
         # remembered as created, since a rollback of the caller's transaction takes it away.
-        conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE snapshots INCLUDING DEFAULTS) "
+        conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE market_snapshots INCLUDING DEFAULTS) "
                              "ON COMMIT DELETE ROWS").format(stage))
         columns, _ = _copy(conn, stage, rows)
         inserted = conn.execute(sql.SQL(
@@ -127,7 +127,7 @@ class SnapshotStore:
 
     def maintain_snapshots(self, *, now: datetime | None = None,
                            keep_days: int = SNAPSHOT_RETENTION_DAYS) -> list[str]:
-        """Plain PostgreSQL: drop the snapshots day partitions older than `keep_days` New York
+        """Plain PostgreSQL: drop the market_snapshots day partitions older than `keep_days` New York
         days; returns their names (TimescaleDB's retention policy does this itself)."""
         now = aware(now, "now") if now is not None else datetime.now(UTC)
         with self._connection.session() as conn:
@@ -136,7 +136,7 @@ class SnapshotStore:
             keep_from = now.astimezone(NEW_YORK).date() - timedelta(days=keep_days)
             with conn.transaction():
                 dropped = [name for (name,) in conn.execute(
-                    "SELECT drop_day_partitions('snapshots', %s)", (keep_from,)).fetchall()]
+                    "SELECT drop_day_partitions('market_snapshots', %s)", (keep_from,)).fetchall()]
         self._partitions = {day for day in self._partitions if day >= keep_from}
         return dropped
 

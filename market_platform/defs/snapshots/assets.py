@@ -1,4 +1,5 @@
-"""`snapshots`: the tick store's table of minute snapshots, which the snapshot jobs report on."""
+"""`snapshots`: the tick store's table of minute snapshots (`market_snapshots`), which the snapshot
+jobs report on."""
 
 
 import dagster as dg

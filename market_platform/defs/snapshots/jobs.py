@@ -1,5 +1,5 @@
 """The snapshot jobs: poll the vendor's whole-market snapshot into the queue, process the queue
-into `snapshots`, and check the live stream against the snapshots (feed health).
+into `market_snapshots`, and check the live stream against the snapshots (feed health).
 
 - `snapshot_poll_job`: one run per stock session (pre-market open to after-hours close) or UTC
   day of crypto, once a minute on the minute; launched by `snapshot_poll_schedule` and
@@ -111,7 +111,7 @@ class SnapshotProcessConfig(dg.Config):
 @dg.op
 def process_snapshots_op(context: dg.OpExecutionContext, config: SnapshotProcessConfig, tick_store: TickStoreResource,
                          snapshot_queue: SnapshotQueueResource) -> None:
-    """Drain the queue into `snapshots` in batches, malformed responses to dead_letters; drop
+    """Drain the queue into `market_snapshots` in batches, malformed responses to dead_letters; drop
     snapshot day partitions past retention (plain PostgreSQL)."""
     store = tick_store.store()
     queue = snapshot_queue.queue(store)
@@ -188,7 +188,7 @@ def snapshot_poll_job() -> None:
     poll_snapshots_op()
 
 
-@dg.job(description="Process queued snapshots into the tick store's `snapshots`, a batch of 10 at a time.")
+@dg.job(description="Process queued snapshots into the tick store's `market_snapshots`, a batch of 10 at a time.")
 def snapshot_process_job() -> None:
     process_snapshots_op()
 
