@@ -11,7 +11,8 @@ Backfills) with its runs, whichever way it runs:
   partition marked requested (so a daemon started meanwhile would only watch it), then executes
   the runs here, one per ten sessions (the assets' backfill policy), each tagged
   `dagster/backfill=<id>`, and keeps the backfill's materialized and failed partitions and its
-  final status up to date.
+  final status up to date. With a Celery broker set, the runs' steps execute on the workers
+  (`defs.executor`) while this process orchestrates up to four runs at once, one thread each.
 
 Either way a run is resumable: kill it, launch again, and the new runs fetch only what the
 killed one had not staged (`history.bars`). A backfill whose process was killed cannot record its
@@ -25,6 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -40,13 +42,17 @@ from dagster._core.execution.backfill import (
 )
 from dagster._core.utils import make_new_backfill_id
 
-from market_platform import calendar
+from market_platform import calendar, settings
+from market_platform.defs.executor import execute_assets
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
 #: Tags of a backfill run by the launching process: its host and pid.
 HOST_TAG, PID_TAG = "market_platform/host", "market_platform/pid"
 SESSIONS_PER_RUN = 10
+#: Runs of one backfill in flight at once when their steps go to Celery workers (as many as the
+#: instance's run coordinator lets the daemon launch: dagster.yaml's max_concurrent_runs).
+MAX_CONCURRENT_RUNS = 4
 #: A daemon heartbeat younger than this means a daemon is running.
 HEARTBEAT_SECONDS = 60.0
 
@@ -182,19 +188,24 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
     data = data.replace_requested_subset(data.target_subset).with_requested_runs_for_target_roots(True)
     backfill = backfill.with_asset_backfill_data(data, instance, graph)
     instance.add_backfill(backfill)
-    job = definitions.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys))
-    outcome = Outcome(backfill.backfill_id, "in-process", len(set(sessions)))
+    outcome = Outcome(backfill.backfill_id, "in-process" if settings.celery_broker_url() is None else "celery",
+                      len(set(sessions)))
     materialized: set[AssetKeyPartitionKey] = set()
     failed: set[AssetKeyPartitionKey] = set()
+
+    def execute(chunk: list[date]):
+        return execute_assets(
+            definitions, keys, instance=instance,
+            run_config={**run_config, **({"loggers": logging_config} if logging_config else {})},
+            tags={**tags, BACKFILL_TAG: backfill.backfill_id,
+                  RANGE_START: chunk[0].isoformat(), RANGE_END: chunk[-1].isoformat()},
+        )
+
+    # In process, one run at a time; on Celery workers, runs at once as the daemon would launch them.
+    at_once = 1 if settings.celery_broker_url() is None else MAX_CONCURRENT_RUNS
     try:
-        for chunk in runs_of(sessions):
+        for chunk, result in _each_run(runs_of(sessions), execute, at_once):
             wanted = {AssetKeyPartitionKey(k, d.isoformat()) for k in keys for d in chunk}
-            result = job.execute_in_process(
-                run_config={**run_config, **({"loggers": logging_config} if logging_config else {})},
-                instance=instance, raise_on_error=False,
-                tags={**tags, BACKFILL_TAG: backfill.backfill_id,
-                      RANGE_START: chunk[0].isoformat(), RANGE_END: chunk[-1].isoformat()},
-            )
             outcome.runs.append(result.run_id)
             done = {AssetKeyPartitionKey(e.asset_key, e.partition) for e in result.get_asset_materialization_events()}
             materialized |= done & wanted
@@ -216,12 +227,29 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
     return outcome
 
 
+def _each_run(chunks: list[list[date]], execute: Callable[[list[date]], Any], at_once: int):
+    """(chunk, execute(chunk)) for every chunk: one after the other, or `at_once` at a time from
+    threads (each orchestrates its run; the steps run on the workers), as they end."""
+    if at_once <= 1:
+        for chunk in chunks:
+            yield chunk, execute(chunk)
+        return
+    with ThreadPoolExecutor(max_workers=min(at_once, len(chunks)), thread_name_prefix="backfill-run") as pool:
+        running = {pool.submit(execute, chunk): chunk for chunk in chunks}
+        for future in as_completed(running):
+            yield running[future], future.result()
+
+
 def failure_reason(result: Any) -> str:
     """The innermost error message of a failed in-process run's first failed step."""
     failures = [event for event in result.all_events if event.is_step_failure]
-    if not failures:
-        return "the run failed before any step ran"
-    error = failures[0].step_failure_data.error
+    if failures:
+        error = failures[0].step_failure_data.error
+    else:  # the executor failed the run itself, e.g. a step whose workers kept dying
+        errors = [getattr(e.event_specific_data, "error", None) for e in result.all_events if e.is_run_failure]
+        error = next((e for e in errors if e is not None), None)
+        if error is None:
+            return "the run failed before any step ran"
     while error.cause is not None:
         error = error.cause
     return error.message.strip().splitlines()[-1]

@@ -16,7 +16,6 @@ from market_platform.cli.base import (
     dagster_env,
     fail_cleanly,
     main,
-    run_failure_reason,
 )
 from market_platform.errors import MarketPlatformError
 
@@ -58,13 +57,7 @@ def materialize(select: str, partition: str) -> None:
         raise InvalidInputError(f"unknown assets {unknown}: expected names among {sorted(known)}")
     keys = [dg.AssetKey(n) for n in names]
     _check_partition(definitions, keys, partition)
-    os.environ.update(dagster_env())
-    job = definitions.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys))
-    result = job.execute_in_process(
-        partition_key=partition, instance=dg.DagsterInstance.get(), run_config=QUIET, raise_on_error=False
-    )
-    if not result.success:
-        raise MarketPlatformError(f"run {result.run_id} failed: {run_failure_reason(result)}")
+    result = _in_process(names, run_config={}, partition_key=partition, definitions=definitions)
     click.echo(f"materialized {', '.join(names)} for {partition} (run {result.run_id})")
 
 
@@ -200,6 +193,9 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
         raise InvalidInputError(f"--source {source!r}: expected one of {', '.join(SOURCE_CHOICES)}")
     if stage_every < 1:
         raise InvalidInputError(f"--stage-every {stage_every}: expected a positive number of tickers")
+    from market_platform.defs.executor import preflight
+
+    preflight()  # with a Celery broker set: it answers, workers listen, the state is shared
     options: dict = {"source": source, "universe": universe_name, "stage_every": stage_every}
     if tickers is not None:
         names = symbol_list([t.strip() for t in tickers.split(",")])
@@ -218,14 +214,21 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
 @main.command()
 @click.argument("ticker", required=False)
 @click.option("--dataset", default=None, help="List one lake dataset's partitions and rows instead.")
+@click.option("--workers", "workers", is_flag=True, help="List the live Celery workers and their queues instead.")
 @fail_cleanly
-def status(ticker: str | None, dataset: str | None) -> None:
+def status(ticker: str | None, dataset: str | None, workers: bool = False) -> None:
     """What the lake holds: universe snapshots and, per bar dataset, sessions, first and last bar,
-    gaps and sources; or the same for one TICKER; or one dataset's partitions (--dataset)."""
+    gaps and sources; or the same for one TICKER; or one dataset's partitions (--dataset); or the
+    live Celery workers (--workers)."""
     from market_platform.errors import InvalidInputError
     from market_platform.history import status as lake_status
     from market_platform.storage.lake import Lake
 
+    if workers:
+        from market_platform.cli.worker import print_workers
+
+        print_workers()
+        return
     store = Lake.from_settings()
     if dataset is not None:
         if ticker is not None:
