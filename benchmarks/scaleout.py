@@ -15,11 +15,12 @@ bars, the four rollups, the four checks; ten sessions per run) as a user would, 
 - `workers_1`, `workers_2`: `market-platform worker` processes (one step at a time each) take the
   steps, the command orchestrating the runs (two at once: 20 sessions are two runs).
 
-Reported per mode: the command's wall time and the lake's rows (identical across modes); for the
-worker modes, from the run's event log, the executor's overhead per step: the time from the
-launcher submitting a step to the step starting on a worker (queue, pickup, loading the job and
-its resources), the time from a step's end to the launcher submitting the steps that waited for it
-(dagster-celery polls its results once a second), and their sum. Then `rest`: a REST backfill of
+Reported per mode: the command's wall time and the lake's rows (identical across modes), and from
+the runs' event logs the executor's cost per step: `pickup`, from the moment a step could start (its
+inputs done and, on a worker, the worker free) to its STEP_START (in process: Dagster's own step
+setup; on a worker also taking the message, loading the job and the run, initialising resources),
+and, on workers, `handoff`, from a step's end to the launcher submitting the steps that waited for
+it (dagster-celery polls results once a second); `overhead_per_step_s` is their sum. Then `rest`: a REST backfill of
 1-minute and vendor 5-minute bars on the 2 workers (one REST step each, at once) with the plan at
 `--rest-limit` calls per minute; the replay's log gives the aggregate calls per minute of both
 workers and the most calls in any 60 s window.
@@ -37,6 +38,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -92,37 +94,52 @@ def backfill(env: dict[str, str], cwd: Path, args: list[str]) -> tuple[float, st
 
 
 def step_overheads(instance, backfill_id: str) -> dict[str, float]:
-    """Per step of the backfill's runs: submitted -> started, and upstream ended -> submitted."""
+    """From the event logs of the backfill's runs, per step: `pickup`, from the moment the step could
+    start (submitted, and its worker done with the step before) to STEP_START; and `handoff`, from
+    a step's end to the submission of the steps that waited for it (worker modes only)."""
     import dagster as dg
 
-    to_start: list[float] = []
-    to_submit: list[float] = []
+    pickup: list[float] = []
+    handoff: list[float] = []
     steps = 0
     for run in instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id})):
-        submitted, started, ended = {}, {}, {}
+        submitted, started, ended, worker = {}, {}, {}, {}
+        run_start = None
         for record in instance.all_logs(run.run_id):
             event = record.dagster_event
-            if event is None or event.step_key is None:
+            if event is None:
                 continue
-            if event.event_type == dg.DagsterEventType.ENGINE_EVENT and event.message.startswith("Submitting celery"):
-                submitted[event.step_key] = record.timestamp
+            if event.event_type == dg.DagsterEventType.RUN_START:
+                run_start = record.timestamp
+            if event.step_key is None:
+                continue
+            if event.event_type == dg.DagsterEventType.ENGINE_EVENT:
+                if event.message.startswith("Submitting celery"):
+                    submitted[event.step_key] = record.timestamp
+                elif "celery worker" in event.engine_event_data.metadata:
+                    worker[event.step_key] = event.engine_event_data.metadata["celery worker"].value
             elif event.event_type == dg.DagsterEventType.STEP_START:
                 started[event.step_key] = record.timestamp
             elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
                 ended[event.step_key] = record.timestamp
         steps += len(ended)
-        to_start += [started[k] - submitted[k] for k in started if k in submitted]
-        roots = min(submitted.values())
-        # A step submitted after the start of the run waited for an upstream step: the latest end before it.
+        last_end: dict[str, float] = {}
+        for key in sorted(started, key=started.get):
+            where = worker.get(key, "in-process")
+            ready = max(submitted.get(key, run_start), last_end.get(where, run_start))
+            pickup.append(started[key] - ready)
+            last_end[where] = ended.get(key, started[key])
+        roots = min(submitted.values(), default=None)
         for key, at in submitted.items():
             before = [end for end in ended.values() if end <= at]
             if at > roots + 0.5 and before:
-                to_submit.append(at - max(before))
-    median_start, median_submit = statistics.median(to_start), statistics.median(to_submit)
-    return {"steps": steps, "submit_to_start_median_s": round(median_start, 2),
-            "submit_to_start_max_s": round(max(to_start), 2),
-            "end_to_next_submit_median_s": round(median_submit, 2),
-            "overhead_per_step_s": round(median_start + median_submit, 2)}
+                handoff.append(at - max(before))
+    out = {"steps": steps, "pickup_median_s": round(statistics.median(pickup), 2),
+           "pickup_max_s": round(max(pickup), 2)}
+    if handoff:
+        out.update(handoff_median_s=round(statistics.median(handoff), 2),
+                   overhead_per_step_s=round(statistics.median(pickup) + statistics.median(handoff), 2))
+    return out
 
 
 def main() -> None:
@@ -136,6 +153,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import dagster as dg
+    import redis
 
     from market_platform import calendar
     from market_platform.history import universe
@@ -187,9 +205,8 @@ def main() -> None:
                                              f"worker_{i}") for i in range(n)]
                     wait_for(broker, workers[-n:])
                 wall, backfill_id = backfill(env, root / mode, flat)
-                entry = {"wall_s": round(wall, 1), "rows": Lake(env["MARKET_LAKE_URL"]).count("minute_bars")}
-                if n:
-                    entry.update(step_overheads(instance, backfill_id))
+                entry = {"wall_s": round(wall, 1), "rows": Lake(env["MARKET_LAKE_URL"]).count("minute_bars"),
+                         **step_overheads(instance, backfill_id)}
                 results[mode] = entry
                 if mode != "workers_2":
                     for w in workers[-n:] if n else []:
@@ -223,6 +240,8 @@ def main() -> None:
                 os.killpg(w.pid, signal.SIGTERM)
                 w.wait()
         drop_database(PG_ADMIN, database)
+        shutil.rmtree(root, ignore_errors=True)
+        redis.Redis.from_url(broker).flushdb()
     inproc, one, two = (results[m]["wall_s"] for m in ("in_process", "workers_1", "workers_2"))
     print(json.dumps({
         "benchmark": "scaleout", "sessions": len(days), "stocks": args.stocks,

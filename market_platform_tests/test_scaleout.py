@@ -301,6 +301,41 @@ def test_asset_jobs_go_to_workers_only_with_a_broker_and_streams_never(monkeypat
     assert set(wired.values()) == {"celery"}
 
 
+class LostTask:
+    """A step's task whose worker died: it never becomes ready."""
+
+    def __init__(self, number: int) -> None:
+        self.id = f"task-{number}"
+
+    def ready(self) -> bool:
+        return False
+
+
+def test_a_step_whose_workers_keep_dying_is_resent_then_fails_naming_them():
+    from market_platform.defs.executor import MAX_SUBMISSIONS, WatchedResult
+    from market_platform.errors import WorkerLostError
+
+    sent: list[LostTask] = []
+    beating: dict[str, dict] = {}
+    reports: list[str] = []
+
+    def send() -> LostTask:
+        sent.append(LostTask(len(sent)))
+        return sent[-1]
+
+    result = WatchedResult(send, "minute_bars", beating.get, lambda message, worker: reports.append(message))
+    for attempt in range(MAX_SUBMISSIONS):
+        assert not result.ready()                   # queued: no worker has it yet, however long it waits
+        beating[sent[-1].id] = {"host": "box", "pid": 100 + attempt, "worker": f"w{attempt}@box"}
+        assert not result.ready()                   # running
+        del beating[sent[-1].id]                    # the worker died: its heartbeat lapsed
+        assert result.ready() == (attempt == MAX_SUBMISSIONS - 1)
+    assert len(sent) == MAX_SUBMISSIONS and len(reports) == MAX_SUBMISSIONS - 1
+    assert "stopped for 15s: step sent again (2 of 3)" in reports[0]
+    with pytest.raises(WorkerLostError, match=r"minute_bars: its worker died 3 times \(box pid 100, box pid 101, box pid 102\)"):
+        result.get()
+
+
 # --------------------------------------------------------------------------- refusals (no workers)
 
 
