@@ -11,8 +11,10 @@ Backfills) with its runs, whichever way it runs:
   partition marked requested (so a daemon started meanwhile would only watch it), then executes
   the runs here, one per ten sessions (the assets' backfill policy), each tagged
   `dagster/backfill=<id>`, and keeps the backfill's materialized and failed partitions and its
-  final status up to date. With a Celery broker set, the runs' steps execute on the workers
-  (`defs.executor`) while this process orchestrates up to four runs at once, one thread each.
+  final status up to date. With a Celery broker set, each run's steps execute on the workers
+  (`defs.executor`) while this process orchestrates the run; the runs still go one after the
+  other (Dagster's run execution is not thread-safe: concurrent runs need a process each, which
+  the daemon gives them).
 
 Either way a run is resumable: kill it, launch again, and the new runs fetch only what the
 killed one had not staged (`history.bars`). A backfill whose process was killed cannot record its
@@ -26,7 +28,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -50,9 +51,6 @@ BACKFILL_TAG = "dagster/backfill"
 #: Tags of a backfill run by the launching process: its host and pid.
 HOST_TAG, PID_TAG = "market_platform/host", "market_platform/pid"
 SESSIONS_PER_RUN = 10
-#: Runs of one backfill in flight at once when their steps go to Celery workers (as many as the
-#: instance's run coordinator lets the daemon launch: dagster.yaml's max_concurrent_runs).
-MAX_CONCURRENT_RUNS = 4
 #: A daemon heartbeat younger than this means a daemon is running.
 HEARTBEAT_SECONDS = 60.0
 
@@ -192,20 +190,15 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
                       len(set(sessions)))
     materialized: set[AssetKeyPartitionKey] = set()
     failed: set[AssetKeyPartitionKey] = set()
-
-    def execute(chunk: list[date]):
-        return execute_assets(
-            definitions, keys, instance=instance,
-            run_config={**run_config, **({"loggers": logging_config} if logging_config else {})},
-            tags={**tags, BACKFILL_TAG: backfill.backfill_id,
-                  RANGE_START: chunk[0].isoformat(), RANGE_END: chunk[-1].isoformat()},
-        )
-
-    # In process, one run at a time; on Celery workers, runs at once as the daemon would launch them.
-    at_once = 1 if settings.celery_broker_url() is None else MAX_CONCURRENT_RUNS
     try:
-        for chunk, result in _each_run(runs_of(sessions), execute, at_once):
+        for chunk in runs_of(sessions):
             wanted = {AssetKeyPartitionKey(k, d.isoformat()) for k in keys for d in chunk}
+            result = execute_assets(
+                definitions, keys, instance=instance,
+                run_config={**run_config, **({"loggers": logging_config} if logging_config else {})},
+                tags={**tags, BACKFILL_TAG: backfill.backfill_id,
+                      RANGE_START: chunk[0].isoformat(), RANGE_END: chunk[-1].isoformat()},
+            )
             outcome.runs.append(result.run_id)
             done = {AssetKeyPartitionKey(e.asset_key, e.partition) for e in result.get_asset_materialization_events()}
             materialized |= done & wanted
@@ -225,19 +218,6 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
                                  .with_end_timestamp(time.time()))
     outcome.failed = sorted({ap.partition_key for ap in failed})
     return outcome
-
-
-def _each_run(chunks: list[list[date]], execute: Callable[[list[date]], Any], at_once: int):
-    """(chunk, execute(chunk)) for every chunk: one after the other, or `at_once` at a time from
-    threads (each orchestrates its run; the steps run on the workers), as they end."""
-    if at_once <= 1:
-        for chunk in chunks:
-            yield chunk, execute(chunk)
-        return
-    with ThreadPoolExecutor(max_workers=min(at_once, len(chunks)), thread_name_prefix="backfill-run") as pool:
-        running = {pool.submit(execute, chunk): chunk for chunk in chunks}
-        for future in as_completed(running):
-            yield running[future], future.result()
 
 
 def failure_reason(result: Any) -> str:

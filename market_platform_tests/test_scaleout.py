@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -98,6 +99,28 @@ class Worker:
     def output(self) -> str:
         self.log.flush()
         return Path(self.log.name).read_text()
+
+
+class Command:
+    """A command line started in its own process group, its output in files (no pipe to fill)."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(args, cwd=cwd, env=env, text=True, stdout=self.out, stderr=self.err,
+                                        start_new_session=True)
+
+    def end(self, timeout: float = 0) -> subprocess.CompletedProcess:
+        """The finished command (waiting up to `timeout` seconds, then killing it)."""
+        try:
+            self.process.wait(timeout=timeout or None)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        texts = []
+        for stream in (self.out, self.err):
+            stream.seek(0)
+            texts.append(stream.read())
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, *texts)
 
 
 @dataclass
@@ -188,9 +211,9 @@ def cluster(tmp_path_factory, redis_url, s3_server, make_database, limited_repla
 
 
 def _kill_second_step(client, backfill: subprocess.Popen, workers: list[Worker], status: list,
-                      env: dict[str, str]) -> Worker | None:
+                      env: dict[str, str], cwd: Path) -> Worker | None:
     """Follow the steps' heartbeats in Redis until the backfill ends. Once both workers run a step
-    at once, ask `status --workers` (its Popen is appended to `status`). SIGKILL the process group
+    at once, ask `status --workers` (appended to `status`). SIGKILL the process group
     of the first worker seen running a step after it completed another, and return it."""
     by_name = {w.name: w for w in workers}
     seen: dict[str, str] = {}   # task id -> worker name
@@ -205,8 +228,7 @@ def _kill_second_step(client, backfill: subprocess.Popen, workers: list[Worker],
         done |= {task for task in seen.keys() - done if client.exists(f"celery-task-meta-{task}")}
         running = {task: name for task, name in seen.items() if task not in done}
         if not status and len(set(running.values())) == 2:
-            status.append(subprocess.Popen([*CLI, "status", "--workers"], env=env, text=True,
-                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            status.append(Command([*CLI, "status", "--workers"], cwd, env))
         finished_by = {seen[task] for task in done}
         if victim is None:
             for task, name in running.items():
@@ -230,26 +252,19 @@ def outcome(cluster, tickers, s3_server, make_database, unlimited_replay, limite
     reference_env = {**clean_env(), **unlimited_replay.env(rates=True), **s3_lake_env(s3_server, reference_bucket),
                      "MARKET_DB_URL": make_database("postgres"), "MARKET_PLATFORM_HOME": str(reference_home / "home")}
     args = [*BACKFILL, "--tickers", ",".join(tickers)]
-    reference = subprocess.Popen([*CLI, *args], cwd=reference_home, env=reference_env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reference = Command([*CLI, *args], reference_home, reference_env)
 
     env = cluster.launcher_env()
     limited_replay.reset()
-    backfill = subprocess.Popen([*CLI, *args], cwd=cluster.root / "launcher", env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    status: list[subprocess.Popen] = []
+    backfill = Command([*CLI, *args], cluster.root / "launcher", env)
+    status: list[Command] = []
     try:
-        victim = _kill_second_step(redis.Redis.from_url(redis_url), backfill, cluster.workers, status, env)
-        out, err = backfill.communicate(timeout=300)
+        victim = _kill_second_step(redis.Redis.from_url(redis_url), backfill.process, cluster.workers, status, env,
+                                   cluster.root / "launcher")
     finally:
-        if backfill.poll() is None:
-            os.killpg(backfill.pid, signal.SIGKILL)
-    ref_out, ref_err = reference.communicate(timeout=300)
-    result = Outcome(
-        backfill=subprocess.CompletedProcess(backfill.args, backfill.returncode, out, err),
-        reference=subprocess.CompletedProcess(reference.args, reference.returncode, ref_out, ref_err),
-        reference_bucket=reference_bucket, victim=victim,
-        status_workers=status[0].communicate(timeout=60)[0] if status else "")
+        backfill.end(timeout=300)
+    result = Outcome(backfill=backfill.end(), reference=reference.end(timeout=300), reference_bucket=reference_bucket,
+                     victim=victim, status_workers=status[0].end(timeout=60).stdout if status else "")
     _read_event_log(result, env)
     return result
 

@@ -86,8 +86,9 @@ def _in_process(selection: list[str], *, run_config: dict, partition_key: str | 
     import dagster as dg
 
     from market_platform.definitions import defs
-    from market_platform.defs.executor import execute_assets
+    from market_platform.defs.executor import execute_assets, preflight
 
+    preflight()  # with a Celery broker: refuse before the instance is created
     os.environ.update(dagster_env())
     result = execute_assets(definitions or defs(), [dg.AssetKey(name) for name in selection],
                             instance=dg.DagsterInstance.get(), run_config={**run_config, **QUIET},
