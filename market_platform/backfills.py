@@ -43,7 +43,7 @@ from dagster._core.execution.backfill import (
 )
 from dagster._core.utils import make_new_backfill_id
 
-from market_platform import calendar, settings
+from market_platform import calendar, errors, settings
 from market_platform.defs.executor import execute_assets
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -67,6 +67,7 @@ class Outcome:
     runs: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)     # sessions that did not materialize
     reason: str | None = None                           # the first failure's message
+    resumable: bool = True                              # whether running it again can get further
 
     @property
     def success(self) -> bool:
@@ -204,7 +205,7 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
             materialized |= done & wanted
             failed |= wanted - done
             if not result.success and outcome.reason is None:
-                outcome.reason = failure_reason(result)
+                outcome.reason, outcome.resumable = failure_reason(result), resumable(result)
             data = data._replace(
                 materialized_subset=AssetGraphSubset.from_asset_partition_set(materialized, graph),
                 failed_and_downstream_subset=AssetGraphSubset.from_asset_partition_set(failed, graph))
@@ -220,16 +221,38 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
     return outcome
 
 
-def failure_reason(result: Any) -> str:
-    """The innermost error message of a failed in-process run's first failed step."""
+def _first_error(result: Any):
+    """The innermost error (a SerializableErrorInfo) of a failed in-process run's first failed step."""
     failures = [event for event in result.all_events if event.is_step_failure]
     if failures:
         error = failures[0].step_failure_data.error
     else:  # the executor failed the run itself, e.g. a step whose workers kept dying
-        errors = [getattr(e.event_specific_data, "error", None) for e in result.all_events if e.is_run_failure]
-        error = next((e for e in errors if e is not None), None)
+        error = next((e.event_specific_data.error for e in result.all_events
+                      if e.is_run_failure and getattr(e.event_specific_data, "error", None) is not None), None)
         if error is None:
-            return "the run failed before any step ran"
+            return None
     while error.cause is not None:
         error = error.cause
-    return error.message.strip().splitlines()[-1]
+    return error
+
+
+def failure_reason(result: Any) -> str:
+    """The innermost error message of a failed in-process run's first failed step: the platform's
+    own errors as their message alone (it names the value and what to do), others with their class."""
+    error = _first_error(result)
+    if error is None:
+        return "the run failed before any step ran"
+    message = error.message.strip().splitlines()[-1]
+    own = getattr(errors, error.cls_name, None)
+    if isinstance(own, type) and issubclass(own, errors.MarketPlatformError):
+        message = message.split(f"{error.cls_name}: ", 1)[-1]
+    return message
+
+
+def resumable(result: Any) -> bool:
+    """Whether running a failed run again can get further: not when its error asks for a change
+    first (a setting, the input, the vendor's keys or plan)."""
+    error = _first_error(result)
+    own = getattr(errors, error.cls_name, None) if error is not None else None
+    return not (isinstance(own, type) and issubclass(own, (errors.ConfigError, errors.InvalidInputError,
+                                                          errors.VendorAuthError)))

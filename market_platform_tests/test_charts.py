@@ -96,9 +96,9 @@ def test_movers_chart(metrics_lake):
     assert charts.markdown_image(png, "movers").startswith("![movers](data:image/png;base64,iVBORw0KGgo")
 
 
-def test_chart_cli(metrics_lake, tmp_path, monkeypatch):
+def test_chart_cli(metrics_lake, tmp_path, monkeypatch, make_database):
     monkeypatch.setenv("MARKET_LAKE_URL", str(metrics_lake.url))
-    monkeypatch.delenv("MARKET_DB_URL", raising=False)
+    monkeypatch.setenv("MARKET_DB_URL", make_database("postgres"))  # an empty tick store: the lake's bars only
     out = tmp_path / "spy.png"
     result = CliRunner().invoke(main, ["chart", "SPY", "--from", "2024-11-26", "--to", "2024-11-27",
                                        "--timeframe", "1h", "--out", str(out)])

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
-import market_platform.history.bars  # noqa: F401  (registers the vendor_bars_* datasets)
 from market_platform.storage.lake import Lake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,3 +102,65 @@ def test_dagster_cli_validates_materializes_and_executes_from_the_repository_roo
     assert execute.returncode == 0, execute.stderr[-2000:]
     symbols = lake.query("SELECT count(DISTINCT symbol) AS n FROM minute_bars WHERE date = '2024-11-26'")["n"][0].as_py()
     assert lake.count("bars_1d", "2024-11-26") == symbols > 0
+
+
+# -- configuration checked before any run (issue 11, items 7, 8 and 14) ------------------------
+
+
+def invoke(args: list[str], env: dict[str, str | None]):
+    from click.testing import CliRunner
+
+    from market_platform.cli import main
+
+    return CliRunner().invoke(main, args, env=env)
+
+
+def assert_one_line(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_settings_that_would_fail_a_run_are_one_line_before_any_run(tmp_path, make_database, replay):
+    home, url = tmp_path / "home", make_database("postgres")
+    clean = {name: None for name in os.environ if name.startswith(("ALPACA_", "POLYGON_", "MARKET_", "DAGSTER_"))}
+    base = {**clean, "MARKET_PLATFORM_HOME": str(home), "MARKET_DB_URL": url}
+    (tmp_path / "a-file").write_text("not a lake")
+    alpaca_only = {**base, **{k: v for k, v in replay.env(rates=True).items() if k.startswith("ALPACA_")}}
+    for args, env, fragments in (
+        (["discover", "us_equities"], {**base, "MARKET_DB_URL": "postgresql://postgres:pw@127.0.0.1:1/market"},
+         ["cannot reach the tick store at postgresql://postgres:***@127.0.0.1:1/market", "check MARKET_DB_URL"]),
+        (["backfill", "--from", "2024-11-25", "--to", "2024-11-26", "--tickers", "AAPL"],
+         {**base, "MARKET_LAKE_URL": "ftp://files.example.com/lake"},
+         ["lake URL 'ftp://files.example.com/lake' is not supported", "s3://bucket"]),
+        (["discover", "etf"], {**base, "MARKET_LAKE_URL": str(tmp_path / "a-file")},
+         [f"'{tmp_path / 'a-file'}' is a file: expected a directory", "MARKET_LAKE_URL"]),
+        (["discover", "etf"], alpaca_only, ["Alpaca has no 'etf' category", "POLYGON_API_KEY"]),
+        (["status"], {**base, "MARKET_LAKE_URL": str(tmp_path / "nowhere")},
+         [f"no lake at '{tmp_path / 'nowhere'}'", "MARKET_LAKE_URL"]),
+        (["status", "AAPL"], {**base, "MARKET_LAKE_URL": str(tmp_path / "a-file" / "lake")}, ["is a file"]),
+    ):
+        assert_one_line(invoke(args, env), *fragments)
+    assert not home.exists() or not (home / "dagster").exists()
+    with psycopg.connect(url) as conn:  # no run, so no Dagster table, was created
+        assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+                            ).fetchone()[0] == 0
+
+
+def test_a_command_that_starts_the_embedded_server_says_so(tmp_path):
+    from market_platform.storage.timescale import stop_embedded
+
+    env = {"MARKET_PLATFORM_HOME": str(tmp_path / "home"), "MARKET_DB_URL": None}
+    try:
+        started = invoke(["db", "init"], env)
+        assert started.exit_code == 0, started.output
+        assert started.stderr == (f"note: this command started the embedded PostgreSQL in {tmp_path / 'home' / 'postgres'}; "
+                                  "it keeps running (`market-platform db stop` stops it)\n")
+        again = invoke(["db", "status"], env)
+        assert again.exit_code == 0 and again.stderr == ""
+        assert invoke(["db", "stop"], env).stdout == "stopped\n"
+        restarted = invoke(["db", "status"], env)
+        assert restarted.exit_code == 0 and restarted.stderr.startswith("note: this command started the embedded")
+    finally:
+        stop_embedded(tmp_path / "home")

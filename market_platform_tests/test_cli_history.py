@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 
-import market_platform.history.bars  # noqa: F401  (registers the vendor_bars_* datasets)
 from market_platform.storage.lake import Lake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +52,9 @@ def assert_refused(result: subprocess.CompletedProcess, env: dict[str, str], *fr
 @pytest.mark.parametrize("args, fragments", [
     (["discover", "bonds"], ["unknown category 'bonds'", "us_equities", "top3000"]),
     (["discover", "etf", "--limit", "0"], ["limit 0: expected a positive number"]),
-    (["discover", "etf", "--as-of", "2099-01-02"], ["--as-of 2099-01-02 is in the future"]),
+    (["discover", "etf", "--as-of", "2099-01-02"], ["--as-of 2099-01-02: expected a day from 2004-01-02", "to today"]),
+    (["discover", "us_equities", "--as-of", "1800-01-01"], ["--as-of 1800-01-01: expected a day from 2004-01-02"]),
+    (["status", ""], ["TICKER '': expected a ticker symbol"]),
     (["backfill", "--from", "2024-11-29", "--to", "2024-11-25"], ["--from 2024-11-29 is after --to 2024-11-25"]),
     (["backfill", "--from", "2024-11-28", "--to", "2024-11-28"], ["2024-11-28 is not a trading session (an exchange holiday)"]),
     (["backfill", "--from", "2024-11-30", "--to", "2024-12-01"], ["no trading session from 2024-11-30 to 2024-12-01"]),
@@ -72,6 +73,24 @@ def test_a_rejected_key_is_named_as_the_problem_and_never_shown(history_env):
     result = run(["backfill", "--from", "2024-11-25", "--to", "2024-11-25", "--tickers", "AAPL"], env)
     assert_refused(result, env, "Polygon rejected the credentials", "POLYGON_API_KEY")
     assert "sk-live-9d8c7b6a5f4e" not in result.stdout + result.stderr
+
+
+def test_a_run_that_fails_inside_dagster_is_one_line_and_writes_nothing(history_env, sim):
+    """Issue 11: a rejected key inside a run printed 100-200 lines of step tracebacks, and a hint
+    to run the command again that could not help."""
+    env = {**history_env, "POLYGON_API_KEY": "sk-live-9d8c7b6a5f4e"}
+    lake = lake_of(env)
+    lake.write_partition("universe", {"category": "us_equities", "date": "2024-11-22"},
+                         sim.universe("us_equities", "2024-11-22"))
+    result = run(["backfill", "--from", "2024-11-25", "--to", "2024-11-25", "--source", "polygon_rest"], env)
+    assert result.returncode == 2, result.stderr
+    # Python warnings aside (another matter), the progress bar's label and the error line.
+    lines = [line for line in result.stderr.splitlines() if "Warning: " not in line and not line.startswith("  ")]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and len(lines) <= 2 and "Traceback" not in result.stderr, result.stderr
+    assert "Polygon rejected the credentials" in errors[0] and "check POLYGON_API_KEY" in errors[0]
+    assert "resume" not in errors[0] and "sk-live-9d8c7b6a5f4e" not in result.stdout + result.stderr
+    assert lake.partitions("minute_bars") == [] and lake.staged("minute_bars", "2024-11-25") == []
 
 
 def test_discover_backfill_and_status(history_env, sim, monkeypatch):

@@ -284,4 +284,4 @@ def test_the_stream_subscribes_to_the_universe_in_force_on_the_session(tick_stor
     assert _universe(tick_store, "2024-11-26") == sorted(early["symbol"].to_pylist())
     after = set(late["symbol"].to_pylist()) | set(sim.universe("etf", date(2024, 11, 20))["symbol"].to_pylist())
     assert _universe(tick_store, "2024-11-29") == sorted(after)
-    assert _universe(tick_store, "2024-11-01") == sorted(early["symbol"].to_pylist())  # before any: the earliest
+    assert _universe(tick_store, "2024-11-01") == []  # before any snapshot: none, never a later one

@@ -20,9 +20,11 @@ from market_platform.defs.bars.assets import (
     bars_15m,
     bars_1h,
     minute_bars,
+    recorded_session,
     vendor_bars_1d,
     vendor_bars_5m,
 )
+from market_platform.defs.bars.checks import ohlc_consistent
 from market_platform.defs.bars.schedules import after_close_schedule, verification, verify_requests
 from market_platform.errors import VendorNotFoundError, VendorUnavailableError
 from market_platform.history import universe
@@ -54,8 +56,10 @@ def build(resources, day, *assets, raise_on_error=True, **config) -> dg.ExecuteI
 
 
 def by_session(result, day) -> dict:
-    event = next(e for e in result.get_asset_materialization_events() if e.asset_key == minute_bars.key)
-    return event.event_specific_data.materialization.metadata["by_session"].data[str(day)]
+    """What the materialization of `day`'s minute_bars recorded (source, etag, ...)."""
+    event = next(e for e in result.get_asset_materialization_events()
+                 if e.asset_key == minute_bars.key and e.partition == str(day))
+    return recorded_session(event.event_specific_data.materialization.metadata)
 
 
 def no_duplicates(table: pa.Table) -> bool:
@@ -255,6 +259,25 @@ def test_the_vendors_timeframes_land_beside_ours(lakes, sim):
         assert theirs["volume"].to_pylist() == pytest.approx(ours_table["volume"].to_pylist(), rel=1e-12)
     assert set(lake.read_partition("vendor_bars_1d", day)["source"].to_pylist()) == {"polygon_flatfiles"}
     assert set(lake.read_partition("vendor_bars_5m", day)["source"].to_pylist()) == {"polygon_rest"}
+
+
+def test_a_run_of_several_sessions_materializes_each_with_its_own_figures(history_resources):
+    """Issue 11: a multi-session run gave every session the run's total rows, and its checks one
+    result for the run, which the UI listed as skipped for each session."""
+    instance, lake = dg.DagsterInstance.ephemeral(), history_resources["lake"].lake()
+    result = dg.materialize([minute_bars, bars_5m, ohlc_consistent], resources=history_resources, instance=instance,
+                            run_config={"ops": {"minute_bars": {"config": {"tickers": ["AAPL", "MSFT"]}}}},
+                            tags={"dagster/asset_partition_range_start": "2024-11-26",
+                                  "dagster/asset_partition_range_end": "2024-11-29"})
+    days = ["2024-11-26", "2024-11-27", "2024-11-29"]
+    for dataset in ("minute_bars", "bars_5m"):
+        events = {e.partition: e.event_specific_data.materialization.metadata
+                  for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == dataset}
+        assert {day: events[day]["rows"].value for day in days} == {day: lake.count(dataset, day) for day in days}
+        assert len({events[day]["rows"].value for day in days}) == 3  # a half day among them
+    assert {day: by_session(result, day)["source"] for day in days} == dict.fromkeys(days, "polygon_flatfiles")
+    records = instance.event_log_storage.get_asset_check_execution_history(ohlc_consistent.check_key, limit=10)
+    assert sorted((r.partition, r.status.value) for r in records) == [(day, "SUCCEEDED") for day in days]
 
 
 @pytest.mark.parametrize("when, expected", [

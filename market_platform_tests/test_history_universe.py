@@ -15,7 +15,7 @@ from market_platform.defs.bars.assets import bars_15m, bars_1d, bars_1h, bars_5m
 from market_platform.defs.universe.assets import ticker_universe, top3000_universe
 from market_platform.defs.universe.sensors import universe_change_sensor
 from market_platform.errors import PartitionNotFoundError
-from market_platform.history.universe import in_force, session_symbols
+from market_platform.history.universe import STOCK_CATEGORIES, in_force, session_symbols
 from market_platform.schemas import CATEGORIES, UNIVERSE
 from market_platform_tests.fixtures.history import replay_vendors
 from market_platform_tests.fixtures.sim import SIM_DAY
@@ -126,11 +126,37 @@ def test_the_snapshot_in_force_for_a_session(lake):
     snapshot("us_equities", date(2024, 6, 3), ["AAPL", "OLD"])
     snapshot("us_equities", date(2024, 11, 1), ["AAPL", "NEW"])
     snapshot("etf", date(2024, 11, 25), ["SPY"])
-    assert session_symbols(lake, date(2024, 1, 2)) == (["AAPL", "OLD", "SPY"],
-                                                       {"us_equities": "2024-06-03", "etf": "2024-11-25"})
-    assert session_symbols(lake, date(2024, 11, 26))[0] == ["AAPL", "NEW", "SPY"]
-    assert session_symbols(lake, date(2024, 10, 31))[0] == ["AAPL", "OLD", "SPY"]
+    assert session_symbols(lake, date(2024, 11, 26)) == (["AAPL", "NEW", "SPY"],
+                                                         {"us_equities": "2024-11-01", "etf": "2024-11-25"})
+    # Never a later snapshot: without a vendor to ask, the error names the day and the command.
+    with pytest.raises(PartitionNotFoundError, match=r"no etf universe snapshot on or before 2024-10-31 .*"
+                                                     r"earliest is 2024-11-25.*discover etf --as-of 2024-10-31"):
+        session_symbols(lake, date(2024, 10, 31))
+    assert in_force([date(2024, 11, 25)], date(2024, 10, 31)) is None
     assert in_force([], SIM_DAY) is None
+
+
+def test_a_session_before_every_snapshot_takes_one_as_of_its_day_from_the_vendor(history_resources, sim):
+    """The exact case of issue 11: a 2024-11-26 backfill when the lake holds only 2026-12-01 snapshots."""
+    lake, late = history_resources["lake"].lake(), date(2026, 12, 1)
+    for category in STOCK_CATEGORIES:
+        lake.write_partition("universe", {"category": category, "date": late}, sim.universe(category, late))
+    result = dg.materialize([minute_bars], partition_key="2024-11-26", resources=history_resources)
+    assert metadata(result)["universe_snapshots"].value == {"us_equities": "2024-11-26", "etf": "2024-11-26"}
+    for category in STOCK_CATEGORIES:
+        taken = lake.read_partition("universe", {"category": category, "date": "2024-11-26"})
+        assert taken["symbol"].to_pylist() == sim.universe(category, SIM_DAY)["symbol"].to_pylist()
+    assert set(lake.read_partition("minute_bars", "2024-11-26")["symbol"].to_pylist()) <= set(
+        sim.stock_symbols(SIM_DAY))
+
+    # A ticker listed later (META, 2012-05-18) stays out of a session before its listing.
+    lake.write_partition("universe", {"category": "us_equities", "date": AFTER_META},
+                         sim.universe("us_equities", AFTER_META))
+    with pytest.raises(PartitionNotFoundError, match="on or before 2012-05-01"):
+        session_symbols(lake, date(2012, 5, 1))
+    symbols, used = session_symbols(lake, date(2012, 5, 1), vendors=history_resources["vendors"].vendors())
+    assert "META" not in symbols and "MA" in symbols
+    assert used["us_equities"] == "2012-05-01"
 
 
 def test_top3000_ranks_by_dollar_volume_over_twenty_sessions(history_resources, sim):

@@ -574,3 +574,17 @@ def test_local_lake_from_settings_and_file_urls(tmp_path: Path, monkeypatch) -> 
     assert home_lake.url == str(tmp_path / "home" / "lake") and not home_lake.is_s3
     home_lake.write_partition("bars_1d", DAY, bars(symbols=2, minutes=1))
     assert Lake(f"file://{tmp_path}/home/lake").count("bars_1d") == 2
+
+
+def test_every_platform_dataset_is_registered_whatever_was_imported():
+    """Issue 11: `query` and `status --dataset` missed daily_metrics, vendor_bars_*, top3000 and the
+    forecast datasets unless their own modules had been imported."""
+    code = "from market_platform.storage import lake; print(' '.join(sorted(lake.DATASETS)))"
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    from market_platform.analytics import forecast, metrics
+    from market_platform.history import bars, universe
+
+    expected = {*bars.DATASETS.values(), bars.PROGRESS_DATASET, universe.TOP_DATASET, metrics.DAILY_METRICS,
+                metrics.INTRADAY_METRICS, forecast.RETURN_FEATURES, forecast.RETURN_FORECAST, "bars_5m", "bars_15m",
+                "bars_1h", "bars_1d", "quotes_daily", "trades_daily", "universe"}
+    assert expected <= set(names)

@@ -136,6 +136,21 @@ def test_sources_agree(bars):
     assert outcome.metrics["left_only_bars"] == 50
     assert outcome.examples.num_rows == quality.EXAMPLES
     assert outcome.examples["price_diff"][0].as_py() == pytest.approx(0.02 / 1.02, rel=1e-6)  # relative to the right side
+    assert outcome.metrics["price_disagreeing_bars"] == outcome.metrics["disagreeing_bars"]
+    assert outcome.metrics["volume_disagreeing_bars"] == 0
+
+    # The same prices from another market: a tenth of the volume (issue 11: 52,084 live vs 651,007).
+    volume = other["volume"].to_numpy().copy()
+    thin = other.set_column(6, bars.schema.field("volume"), pa.array(np.floor(volume / 12.5)))
+    outcome = quality.sources_agree(bars, thin)
+    busy = int(np.sum(volume - np.floor(volume / 12.5) > np.maximum(0.05 * volume, 100)))
+    assert not outcome.passed and busy > 0
+    assert outcome.metrics["volume_disagreeing_bars"] == outcome.metrics["disagreeing_bars"] == busy
+    assert outcome.metrics["price_disagreeing_bars"] == 0 and "in volume" in outcome.summary
+    # Within the tolerance (a few percent: vendors drop different trade conditions) they agree.
+    near = other.set_column(6, bars.schema.field("volume"), pa.array(volume * 0.97))
+    assert quality.sources_agree(bars, near).passed
+    assert quality.sources_agree(bars, thin, volume_tolerance=None).passed
 
 
 def test_live_fresh(tick_store, sim):
@@ -178,15 +193,23 @@ def test_dagster_checks_pass_and_fail(tmp_path, make_database, sim):
     assert outcomes["2024-11-27"]["ohlc_consistent"] is False
     assert outcomes["2024-11-27"]["no_duplicate_bars"] is False
 
-    # A backfill run covers several sessions: one bad session fails the check, and is named.
-    result = _run_checks("minute_bars", checks[:2], ("2024-11-26", "2024-11-27"), resources)
-    for evaluation in result.get_asset_check_evaluations():
-        assert evaluation.passed is False
-        assert "2024-11-27" in evaluation.metadata["summary"].value
-        assert "1 of 2 sessions" in evaluation.metadata["summary"].value
+    # A backfill run covers several sessions: each session's result is recorded on its partition
+    # (none left "planned", which the UI shows as skipped), and the bad one fails the blocking step.
+    instance = dg.DagsterInstance.ephemeral()
+    result = _run_checks("minute_bars", checks[:2], ("2024-11-26", "2024-11-27"), resources, instance)
+    assert not result.success
+    found = {(e.check_name, e.partition): e.passed for e in result.get_asset_check_evaluations()}
+    assert found == {(name, day): day == "2024-11-26" for name in ("ohlc_consistent", "no_duplicate_bars")
+                     for day in ("2024-11-26", "2024-11-27")}
+    for check in checks[:2]:
+        records = instance.event_log_storage.get_asset_check_execution_history(check.check_key, limit=10)
+        assert {(r.partition, r.status.value) for r in records} == {("2024-11-26", "SUCCEEDED"),
+                                                                   ("2024-11-27", "FAILED")}
+        assert all(r.event.dagster_event.event_specific_data.target_materialization_data for r in records)
 
 
-def _run_checks(asset: str, checks: list, partition: str | tuple[str, str], resources: dict) -> dg.ExecuteInProcessResult:
+def _run_checks(asset: str, checks: list, partition: str | tuple[str, str], resources: dict,
+                instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
     """Run `checks` alone on a partition (or a (first, last) range, as a backfill run) of `asset`
     whose data is already in the lake."""
 
@@ -198,7 +221,7 @@ def _run_checks(asset: str, checks: list, partition: str | tuple[str, str], reso
     if isinstance(partition, str):
         return dg.materialize([existing, *checks], partition_key=partition, resources=resources, raise_on_error=False)
     first, last = partition
-    return dg.materialize([existing, *checks], resources=resources, raise_on_error=False,
+    return dg.materialize([existing, *checks], resources=resources, raise_on_error=False, instance=instance,
                           tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
 
 

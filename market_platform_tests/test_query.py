@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -11,6 +12,7 @@ from market_platform import calendar
 from market_platform.analytics import query as q
 from market_platform.cli import main
 from market_platform.errors import InvalidInputError
+from market_platform.storage.timescale import TickStore
 
 DAY = date(2024, 11, 26)
 
@@ -22,7 +24,7 @@ def test_lake_views(metrics_lake):
 
 
 def test_errors_name_the_problem(metrics_lake):
-    with pytest.raises(InvalidInputError, match="set MARKET_DB_URL"):
+    with pytest.raises(InvalidInputError, match="reads live.bars_1m, but no tick store was given"):
         q.query("SELECT * FROM live.bars_1m", lake=metrics_lake)
     with pytest.raises(InvalidInputError, match="no live table nope"):
         q.query("SELECT * FROM live.nope", lake=metrics_lake)
@@ -81,5 +83,93 @@ def test_query_cli(metrics_lake, monkeypatch):
     assert result.output.split() == ["symbols", "20"]
     csv = CliRunner().invoke(main, ["query", "--format", "csv", "SELECT 1 AS a, 'x' AS b"])
     assert csv.output == '"a","b"\n1,"x"\n'
-    bad = CliRunner().invoke(main, ["query", "SELECT * FROM live.quotes"])
-    assert bad.exit_code == 2 and "MARKET_DB_URL" in bad.output
+
+
+# -- read-only and sandboxed (issue 9, item 7; issue 11, items 6 and 8) -------------------------
+
+
+def test_sql_reaches_the_lake_and_nothing_else(metrics_lake, s3_lake, sim, tmp_path, monkeypatch):
+    """Every read the issue found open is refused: the process environment, /etc/shadow, a file
+    outside the lake, http(s) and s3 URLs (which would download an extension into the home)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # where DuckDB would install extensions (~/.duckdb/extensions)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "sekrit-from-the-environment")
+    outside = tmp_path / "outside.csv"
+    outside.write_text("secret\nsekrit-outside-the-lake\n")
+    inside = f"{metrics_lake.url}/minute_bars/date=2024-11-26/data.parquet"
+    refused = [
+        "SELECT content FROM read_text('/proc/self/environ')",
+        "SELECT * FROM read_text('/etc/shadow')",
+        f"SELECT * FROM read_csv('{outside}')",
+        f"SELECT * FROM read_text('{metrics_lake.url}/../outside.csv')",
+        "SELECT * FROM read_parquet('https://example.com/data.parquet')",
+        "SELECT * FROM read_parquet('s3://market-data/minute_bars/data.parquet')",
+        "SELECT * FROM glob('/*')",
+        "SELECT * FROM read_blob('/proc/self/environ')",
+    ]
+    for text in refused:
+        with pytest.raises(InvalidInputError) as caught:
+            q.query(text, lake=metrics_lake)
+        assert "sekrit" not in str(caught.value) and "root:" not in str(caught.value), text
+    for text in ("INSTALL httpfs", "LOAD httpfs", "SET enable_external_access = true", "SET lock_configuration = false",
+                 f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'", f"ATTACH '{tmp_path / 'other.db'}'"):
+        with pytest.raises(InvalidInputError, match="query is read-only"):
+            q.query(text, lake=metrics_lake)
+    # Past the read-only check, the connection itself refuses to be reconfigured or to install.
+    con, _ = q.connect(metrics_lake, "SELECT 1")
+    try:
+        assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False  # not into stdout
+        for statement in ("SET enable_external_access = true", "SET allowed_directories = ['/']", "INSTALL httpfs",
+                          "SET autoinstall_known_extensions = true", f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'"):
+            with pytest.raises(duckdb.Error):
+                con.execute(statement)
+    finally:
+        con.close()
+    assert not (home / ".duckdb").exists() and not (tmp_path / "out.csv").exists()
+    # The lake itself stays readable, by view or by path, and an S3 lake (Arrow datasets) too.
+    assert q.query(f"SELECT count(*) AS n FROM read_parquet('{inside}')", lake=metrics_lake)["n"][0].as_py() == \
+        metrics_lake.count("minute_bars", "2024-11-26")
+    s3_lake.write_partition("minute_bars", "2024-11-26", sim.minute_bars(date(2024, 11, 26), ["AAPL"]))
+    assert q.query("SELECT count(*) AS n FROM minute_bars", lake=s3_lake)["n"][0].as_py() == \
+        sim.minute_bars(date(2024, 11, 26), ["AAPL"]).num_rows
+
+
+def test_query_is_read_only_and_checks_max_rows(metrics_lake, monkeypatch):
+    monkeypatch.setenv("MARKET_LAKE_URL", str(metrics_lake.url))
+    for args, fragments in (
+        (["query", "CREATE TABLE t AS SELECT 1"], ["query is read-only", "CREATE"]),
+        (["query", "SELECT 1; SELECT 2"], ["query is read-only", "2 statements"]),
+        (["query", "--max-rows", "99999999999999999999", "SELECT 1"], ["--max-rows '99999999999999999999'",
+                                                                         "from 1 to 1,000,000"]),
+        (["query", "--max-rows", "-5", "SELECT 1"], ["--max-rows '-5'", "from 1 to 1,000,000"]),
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stdout == "" and result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+        assert all(fragment in result.stderr for fragment in fragments), result.stderr
+
+
+def test_live_tables_say_the_window_they_read(make_database, metrics_lake, sim, monkeypatch):
+    bars = sim.minute_bars(DAY, ["AAPL"])
+    with TickStore(make_database("postgres")) as store:
+        store.init_schema()
+        store.write_bars(bars)
+    monkeypatch.setenv("MARKET_LAKE_URL", str(metrics_lake.url))
+    monkeypatch.setenv("MARKET_DB_URL", store.url)
+    session, latest = calendar.session(DAY), q.default_since().astimezone(calendar.NEW_YORK)
+    result = CliRunner().invoke(main, ["query", "SELECT count(*) AS n FROM live.bars_1m"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == ["n", "0"]  # 2024-11-26 is long before the latest session
+    assert result.stderr == (f"live.bars_1m: read ts from {latest:%Y-%m-%d %H:%M} New York to now (no lower bound on "
+                             "ts in the SQL: the latest session's start; a ts filter or --since reads more): 0 rows\n")
+    since = CliRunner().invoke(main, ["query", "--since", session.start.isoformat(), "SELECT count(*) FROM live.bars_1m"])
+    assert since.exit_code == 0 and since.stdout.split()[-1] == str(bars.num_rows), since.output
+    assert since.stderr == (f"live.bars_1m: read ts from {DAY} 04:00 New York to now (no lower bound on ts in the SQL: "
+                            f"--since): {bars.num_rows:,} rows\n")
+    bounded = CliRunner().invoke(main, ["query", "SELECT count(*) FROM live.bars_1m WHERE symbol = 'AAPL' AND ts "
+                                                 f"BETWEEN '{session.regular_open.isoformat()}' AND "
+                                                 f"'{session.regular_close.isoformat()}'"])
+    assert bounded.exit_code == 0, bounded.output
+    assert bounded.stderr.startswith(f"live.bars_1m: read ts from {DAY} 09:30 New York to {DAY} 16:00 New York, "
+                                     "symbols AAPL: ")

@@ -274,8 +274,8 @@ def test_stream_bookkeeping(tick_store: TickStore) -> None:
     ]) == 1
     tick_store.write_stream_stats([{"stream": "stocks", "minute": minute, "received": 11, "quotes_inserted": 10}])
     stats = tick_store.read_arrow("SELECT stream, minute, received, quotes_inserted, lag_p99_ms FROM stream_stats")
-    assert stats.to_pylist() == [{"stream": "stocks", "minute": minute, "received": 11, "quotes_inserted": 10,
-                                  "lag_p99_ms": 12.5}]
+    assert stats.to_pylist() == [{"stream": "stocks", "minute": minute, "received": 21, "quotes_inserted": 19,
+                                  "lag_p99_ms": 12.5}]  # a second row of the minute adds its counts
     with pytest.raises(InvalidInputError, match="stream_stats rows with columns"):
         tick_store.write_stream_stats([{"stream": "s", "minute": minute, "bogus": 1}])
 
@@ -294,6 +294,49 @@ def test_stream_bookkeeping(tick_store: TickStore) -> None:
     letter = tick_store.read_arrow("SELECT stream, reason, raw, detail FROM dead_letters").to_pylist()[0]
     assert letter == {"stream": "stocks", "reason": "undecodable msgpack", "raw": "\\x92c10a",
                       "detail": '{"offset": 1}'}
+
+
+def test_stream_stats_of_a_rerun_add_to_the_killed_runs(tick_store: TickStore) -> None:
+    m1, m2, m3 = (datetime(2024, 3, 1, 14, 30 + i, tzinfo=UTC) for i in range(3))
+
+    def row(minute: datetime, inserted: int, total: int, depth: int, p99: float | None) -> dict:
+        return {"stream": "stocks", "minute": minute, "received": inserted + 1, "quotes_inserted": inserted,
+                "duplicates": 1, "quotes_total": total, "queue_depth": depth, "lag_p50_ms": p99, "lag_p99_ms": p99}
+
+    killed = [row(m1, 100, 100, 7, 40.0), row(m2, 50, 150, 2, 30.0)]  # killed during m2
+    rerun = [row(m1, 0, 0, 1, None), row(m2, 25, 25, 5, 10.0), row(m3, 60, 85, 0, 5.0)]
+    tick_store.write_stream_stats(killed)
+    tick_store.write_stream_stats(rerun)
+    stats = tick_store.read_arrow(
+        "SELECT minute, received, quotes_inserted, duplicates, quotes_total, queue_depth, lag_p50_ms, lag_p99_ms "
+        "FROM stream_stats ORDER BY minute").to_pylist()
+    assert stats == [
+        {"minute": m1, "received": 102, "quotes_inserted": 100, "duplicates": 2, "quotes_total": 0,
+         "queue_depth": 7, "lag_p50_ms": 40.0, "lag_p99_ms": 40.0},
+        {"minute": m2, "received": 77, "quotes_inserted": 75, "duplicates": 2, "quotes_total": 25,
+         "queue_depth": 5, "lag_p50_ms": 30.0, "lag_p99_ms": 30.0},
+        {"minute": m3, "received": 61, "quotes_inserted": 60, "duplicates": 1, "quotes_total": 85,
+         "queue_depth": 0, "lag_p50_ms": 5.0, "lag_p99_ms": 5.0},
+    ]
+    # The per-minute rows sum to what both runs inserted.
+    assert sum(r["quotes_inserted"] for r in stats) == sum(r["quotes_inserted"] for r in killed + rerun)
+
+
+def test_dead_letters_with_nul_bytes_are_stored(tick_store: TickStore) -> None:
+    raw = b"\x81\xa1S\xa4A\x00PL"  # msgpack {"S": "A\x00PL"}
+    tick_store.write_dead_letters([
+        {"stream": "stocks\x00", "reason": "symbol 'A\x00PL' is not in the universe", "raw": raw,
+         "detail": {"S": "A\x00PL", "k\x00": ["\x00", 1]}},
+        {"stream": "stocks", "reason": "fine", "raw": None, "detail": None},
+    ])
+    with tick_store.connect() as conn:
+        letters = conn.execute("SELECT stream, reason, raw, detail FROM dead_letters ORDER BY id").fetchall()
+    stream, reason, stored_raw, detail = letters[0]
+    assert stored_raw == raw  # bytea: byte for byte
+    assert stream == "stocks\\u0000" and reason == "symbol 'A\\u0000PL' is not in the universe"
+    assert detail == {"S": "A\\u0000PL", "k\\u0000": ["\\u0000", 1]}
+    assert detail["S"].replace("\\u0000", "\x00") == "A\x00PL"  # the documented way back
+    assert letters[1] == ("stocks", "fine", None, None)
 
 
 # -- partitions and retention (plain PostgreSQL) ---------------------------------------------

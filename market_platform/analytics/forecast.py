@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from market_platform import calendar, schemas
 from market_platform.analytics.metrics import INTRADAY_METRICS
 from market_platform.errors import InvalidInputError, NotEnoughHistoryError, PartitionNotFoundError
-from market_platform.storage.lake import Lake, register_dataset
+from market_platform.storage.lake import Lake
 
 RETURN_FEATURES = "return_features"
 RETURN_FORECAST = "return_forecast"
@@ -44,8 +44,6 @@ FEATURES = ("ret_lag0", "ret_lag1", "ret_lag2", "rolling_vol", "volume_z", "vwap
 LABEL = "next_return"
 DEFAULT_LOOKBACK = 10
 
-register_dataset(RETURN_FEATURES, schemas.RETURN_FEATURES)
-register_dataset(RETURN_FORECAST, schemas.RETURN_FORECAST)
 
 _FEATURES_SQL = """
 WITH m AS (

@@ -42,15 +42,13 @@ from psycopg import sql
 
 from market_platform import calendar, schemas
 from market_platform.errors import InvalidInputError, PartitionNotFoundError
-from market_platform.storage.lake import Lake, register_dataset
+from market_platform.storage.lake import Lake
 from market_platform.storage.timescale import TickStore
 
 DAILY_METRICS = "daily_metrics"
 INTRADAY_METRICS = "intraday_metrics"
 WINDOW = timedelta(minutes=5)
 
-register_dataset(DAILY_METRICS, schemas.DAILY_METRICS)
-register_dataset(INTRADAY_METRICS, schemas.INTRADAY_METRICS)
 
 # One bar per (symbol, minute) of the session; ties between sources go to the first name.
 # The lake's timestamps are TIMESTAMPTZ_NS in DuckDB, which does not compare with parameters.

@@ -184,18 +184,30 @@ def quotes_not_crossed(quotes: pa.Table, *, max_share: float = 0.0) -> CheckOutc
     )
 
 
+#: `sources_agree` tolerances. Prices: vendors round and time-stamp trades alike, so 0.5% is already
+#: a real difference. Volume: vendors drop different trade conditions (odd lots, corrections,
+#: late reports) from their bars, so a minute's volume may differ by a few percent; beyond 5%, and
+#: beyond one round lot (100 shares), the two sides saw different trades: another feed (IEX sees
+#: a few percent of the consolidated SIP volume) or another market.
+PRICE_TOLERANCE = 0.005
+VOLUME_TOLERANCE = 0.05
+VOLUME_SLACK = 100.0
+
+
 def sources_agree(
     left: pa.Table,
     right: pa.Table,
     *,
-    price_tolerance: float = 0.005,
-    volume_tolerance: float | None = None,
+    price_tolerance: float = PRICE_TOLERANCE,
+    volume_tolerance: float | None = VOLUME_TOLERANCE,
+    volume_slack: float = VOLUME_SLACK,
     max_share: float = 0.01,
 ) -> CheckOutcome:
     """Bars of two sources for the same minutes agree: open, high, low and close within a relative
-    `price_tolerance`, and volume within `volume_tolerance` when given (feeds differ: IEX sees a
-    fraction of SIP volume, so volume is not compared by default). Minutes that only one side has
-    are counted, not judged. Fails when more than `max_share` of the matched bars disagree."""
+    `price_tolerance`, and volume within `volume_tolerance` of the larger side or `volume_slack`
+    shares, whichever is larger (None: volume not compared); see the constants above. Minutes that
+    only one side has are counted, not judged. Fails when more than `max_share` of the matched bars
+    disagree in price or in volume."""
     result = _run(left, """
         WITH l AS (SELECT DISTINCT ON (symbol, ts) * FROM t ORDER BY symbol, ts, source),
              r AS (SELECT DISTINCT ON (symbol, ts) * FROM other ORDER BY symbol, ts, source),
@@ -206,30 +218,36 @@ def sources_agree(
                    l.volume AS left_volume, r.volume AS right_volume,
                    greatest(abs(l.open - r.open) / r.open, abs(l.high - r.high) / r.high,
                             abs(l.low - r.low) / r.low, abs(l.close - r.close) / r.close) AS price_diff,
-                   abs(l.volume - r.volume) / greatest(r.volume, 1e-12) AS volume_diff
+                   abs(l.volume - r.volume) / greatest(l.volume, r.volume, 1e-12) AS volume_diff,
+                   coalesce($vt IS NOT NULL AND abs(l.volume - r.volume)
+                            > greatest(coalesce($vt, 0) * greatest(l.volume, r.volume), $vs), false) AS volume_off
             FROM l JOIN r USING (symbol, ts)
         )
-        SELECT *, price_diff > $pt OR ($vt IS NOT NULL AND volume_diff > $vt) AS disagrees FROM j
-        ORDER BY price_diff DESC, symbol, ts""",
-                  {"pt": price_tolerance, "vt": volume_tolerance}, other=right)
+        SELECT *, price_diff > $pt AS price_off, price_diff > $pt OR volume_off AS disagrees FROM j
+        ORDER BY price_diff DESC, volume_diff DESC, symbol, ts""",
+                  {"pt": price_tolerance, "vt": volume_tolerance, "vs": volume_slack}, other=right)
     matched = result.num_rows
     disagreeing = result.filter(result["disagrees"]) if matched else result
+    in_price = result.filter(result["price_off"]).num_rows if matched else 0
+    in_volume = result.filter(result["volume_off"]).num_rows if matched else 0
     counts = _run(left, """
         SELECT (SELECT count(*) FROM (SELECT DISTINCT symbol, ts FROM t)) AS left_bars,
                (SELECT count(*) FROM (SELECT DISTINCT symbol, ts FROM other)) AS right_bars""",
                   other=right).to_pylist()[0]
     n = disagreeing.num_rows
     share = n / matched if matched else 0.0
+    limits = f"{price_tolerance:.2%} in price" + (
+        f" or {volume_tolerance:.0%} (and {volume_slack:g} shares) in volume" if volume_tolerance is not None else "")
     return CheckOutcome(
         passed=share <= max_share,
-        summary=(f"{n} of {matched} matched bars disagree beyond {price_tolerance:.2%} in price"
-                 + (f" or {volume_tolerance:.0%} in volume" if volume_tolerance is not None else "")
+        summary=(f"{n} of {matched} matched bars disagree beyond {limits} ({in_price} in price, {in_volume} in volume)"
                  if matched else "no minute in common: nothing to compare"),
         metrics={**counts, "matched_bars": matched, "disagreeing_bars": n, "disagreeing_share": share,
+                 "price_disagreeing_bars": in_price, "volume_disagreeing_bars": in_volume,
                  "left_only_bars": counts["left_bars"] - matched, "right_only_bars": counts["right_bars"] - matched,
-                 "price_tolerance": price_tolerance},
+                 "price_tolerance": price_tolerance, "volume_tolerance": volume_tolerance},
         examples=disagreeing.select(["symbol", "ts", "left_source", "right_source", "left_close", "right_close",
-                                     "left_volume", "right_volume", "price_diff"]).slice(0, EXAMPLES)
+                                     "left_volume", "right_volume", "price_diff", "volume_diff"]).slice(0, EXAMPLES)
         if matched else None,
     )
 

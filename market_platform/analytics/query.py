@@ -1,5 +1,6 @@
 """One SQL over history and today: DuckDB with the lake's datasets as views and, when a tick store
-is given (the CLI: when MARKET_DB_URL is set), its tables under the schema `live`.
+is given (the CLI: the platform's, MARKET_DB_URL or the embedded server), its tables under the
+schema `live`.
 
     SELECT symbol, avg(close) FROM minute_bars WHERE date = '2024-11-26' GROUP BY 1
     SELECT * FROM live.bars_1m WHERE symbol = 'AAPL' AND ts >= now() - INTERVAL 1 HOUR
@@ -18,6 +19,16 @@ available offline), only those the SQL names, and only the rows it can need:
   filters gets the union of both ranges. DuckDB still applies the full query, so these bounds
   only decide what is copied, never the answer within them.
 - other tables (stream_stats, stream_gaps, dead_letters, universe, alerts) are fetched whole.
+
+Read-only and sandboxed: one SELECT statement (DESCRIBE, SHOW and SUMMARIZE are SELECTs too),
+run by a DuckDB connection that reaches nothing but the lake and the rows copied here. Before the
+user's SQL runs, the connection forbids external access (`enable_external_access = false`) except
+to the lake's own directory (`allowed_directories`; an S3 lake is read by pyarrow and scanned as
+Arrow datasets, so nothing at all), installs and loads no extension (`autoinstall_known_extensions`,
+`autoload_known_extensions`, `allow_community_extensions` off), and locks its configuration
+(`lock_configuration`), so SQL cannot turn any of it back on. Files outside the lake (the
+environment in /proc/self/environ, /etc/shadow, the home), http(s):// and s3:// URLs, COPY TO,
+ATTACH and INSTALL are all refused.
 """
 
 from __future__ import annotations
@@ -25,10 +36,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 import duckdb
 import pyarrow as pa
+import psycopg
 from psycopg import sql
 
 from market_platform import calendar
@@ -65,11 +77,58 @@ class Fetch:
     symbols: list[str] | None
     rows: int = 0
     references: list[Bounds] = field(default_factory=list)
+    default_start: str | None = None  # where `start` came from when a reference had no lower bound on ts
+
+    def describe(self) -> str:
+        """What was read, in one line (New York times)."""
+        def at(instant: datetime) -> str:
+            return f"{instant.astimezone(calendar.NEW_YORK):%Y-%m-%d %H:%M} New York"
+
+        window = (f"ts from {at(self.start)}" if self.start else "every row") + (
+            f" to {at(self.end)}" if self.end else (" to now" if self.start else ""))
+        if self.default_start:
+            window += f" (no lower bound on ts in the SQL: {self.default_start})"
+        symbols = f", symbols {', '.join(self.symbols)}" if self.symbols is not None else ""
+        return f"{SCHEMA}.{self.table}: read {window}{symbols}: {self.rows:,} rows"
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, *, allowed: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
+    """Lock `con` down for users' SQL (see the module docstring): files in `allowed` directories
+    only, no network, no extension, and a configuration that cannot be changed back."""
+    # DuckDB's progress bar writes to stdout, into the CSV or JSON a user pipes `query` to.
+    for statement in ("SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
+                      "SET allow_community_extensions = false", "SET enable_progress_bar = false"):
+        con.execute(statement)
+    if allowed:
+        # Paths come from the lake's validated root (no quote: storage.lake._parse_local_url).
+        con.execute("SET allowed_directories = [" + ", ".join(f"'{path}'" for path in allowed) + "]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def check_read_only(text: str) -> None:
+    """InvalidInputError unless `text` is one SELECT statement: `query` reads, never writes."""
+    con = sandbox(duckdb.connect())
+    try:
+        statements = con.extract_statements(text)
+    except duckdb.Error as exc:
+        raise InvalidInputError(f"cannot parse the SQL: {' '.join(str(exc).split())[:300]}") from None
+    finally:
+        con.close()
+    if not statements:
+        raise InvalidInputError("empty query: expected a SQL statement")
+    kinds = [statement.type.name for statement in statements]
+    if kinds != ["SELECT"]:
+        other = next((kind for kind in kinds if kind != "SELECT"), None)
+        raise InvalidInputError(
+            f"query is read-only: expected one SELECT statement, got {other or f'{len(kinds)} statements'} "
+            "(the lake is written by the platform's assets, the tick store by its streams)")
 
 
 def parse(text: str) -> dict:
     """DuckDB's syntax tree of `text` (json_serialize_sql); InvalidInputError when it does not parse."""
-    con = duckdb.connect()
+    con = sandbox(duckdb.connect())
     try:
         tree = json.loads(con.execute("SELECT json_serialize_sql($1)", [text]).fetchone()[0])
     finally:
@@ -77,6 +136,12 @@ def parse(text: str) -> dict:
     if tree.get("error"):
         raise InvalidInputError(f"cannot parse the SQL: {tree.get('error_message')}")
     return tree
+
+
+def live_tables(text: str) -> list[str]:
+    """The `live.` tables that `text` (one SELECT, see `check_read_only`) reads."""
+    check_read_only(text)
+    return referenced_live_tables(parse(text))
 
 
 def referenced_live_tables(tree: dict) -> list[str]:
@@ -132,6 +197,7 @@ class _Evaluator:
     def __init__(self) -> None:
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
+        sandbox(self.con)
 
     def instant(self, expression: str) -> datetime | None:
         # The user's own expression, evaluated alone in a scratch connection with no data.
@@ -237,6 +303,9 @@ def plan(text: str, table: str, *, since: datetime | None = None, tree: dict | N
         end=None if not ends or any(e is None for e in ends) else max(ends),
         symbols=None if not symbol_sets or any(s is None for s in symbol_sets) else sorted(set().union(*symbol_sets)),
         references=references,
+        default_start=(("--since" if since else "the latest session's start; a ts filter or --since reads more")
+                       if min(starts) == fallback and (not references or any(b.start is None for b in references))
+                       else None),
     )
 
 
@@ -253,7 +322,12 @@ def fetch(store: TickStore, plan_: Fetch) -> pa.Table:
         clauses.append(sql.SQL("symbol = ANY(%s)"))
         params.append(plan_.symbols)
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
-    return store.read_arrow(sql.SQL("SELECT * FROM {}{}").format(sql.Identifier(plan_.table), where), params or None)
+    try:
+        return store.read_arrow(sql.SQL("SELECT * FROM {}{}").format(sql.Identifier(plan_.table), where),
+                                params or None)
+    except psycopg.errors.UndefinedTable:
+        raise InvalidInputError(f"the tick store has no table {plan_.table} yet: `market-platform db init` creates "
+                                "the schema (a stream fills it)") from None
 
 
 def connect(
@@ -261,13 +335,14 @@ def connect(
 ) -> tuple[duckdb.DuckDBPyConnection, list[Fetch]]:
     """A DuckDB connection ready to run `text`: the lake's views, plus the live tables it names
     (copied from `store`). Returns the connection (the caller closes it) and what was copied."""
+    check_read_only(text)
     tree = parse(text)
     tables = referenced_live_tables(tree)
     con = lake.connect()
     try:
         if tables and store is None:
             raise InvalidInputError(
-                f"the query reads {', '.join(SCHEMA + '.' + t for t in tables)}: set MARKET_DB_URL to the tick store"
+                f"the query reads {', '.join(SCHEMA + '.' + t for t in tables)}, but no tick store was given"
             )
         fetched = []
         if tables:
@@ -281,29 +356,39 @@ def connect(
             replace = " REPLACE (CAST(ts AS TIMESTAMPTZ) AS ts)" if "ts" in rows.column_names else ""
             con.execute(f'CREATE VIEW {SCHEMA}."{table}" AS SELECT *{replace} FROM "__live_{table}"')
             fetched.append(todo)
+        root = lake.local_root
+        sandbox(con, allowed=[f"{root}/"] if root is not None else ())
     except BaseException:
         con.close()
         raise
     return con, fetched
 
 
-def query(
+def run(
     text: str, *, lake: Lake, store: TickStore | None = None, since: datetime | None = None
-) -> pa.Table:
-    """Run `text` over the lake (and the live tables it names) and return the result as Arrow.
+) -> tuple[pa.Table, list[Fetch]]:
+    """Run `text` over the lake (and the live tables it names); the result as Arrow, and what was
+    copied from the tick store.
 
-    Raises InvalidInputError for SQL DuckDB rejects, with DuckDB's message.
+    Raises InvalidInputError for SQL that is not one SELECT, or that DuckDB rejects (its message).
     """
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError("empty query: expected a SQL statement")
     try:
-        con, _ = connect(lake, text, store=store, since=since)
+        con, fetched = connect(lake, text, store=store, since=since)
     except duckdb.Error as exc:
         raise InvalidInputError(f"query rejected: {str(exc).splitlines()[0]}") from None
     try:
         relation = con.sql(text)
-        return relation.to_arrow_table() if relation is not None else pa.table({})
+        return (relation.to_arrow_table() if relation is not None else pa.table({})), fetched
     except duckdb.Error as exc:
         raise InvalidInputError(f"query failed: {' '.join(str(exc).split())[:500]}") from None
     finally:
         con.close()
+
+
+def query(
+    text: str, *, lake: Lake, store: TickStore | None = None, since: datetime | None = None
+) -> pa.Table:
+    """`run`'s result alone."""
+    return run(text, lake=lake, store=store, since=since)[0]

@@ -9,10 +9,13 @@ from datetime import datetime, timezone
 import click
 
 from market_platform.cli.base import (
-    _live_store,
+    _store,
     fail_cleanly,
     main,
 )
+
+#: Rows `query --max-rows` may show in table format (--format csv or json for more).
+MAX_SHOWN_ROWS = 1_000_000
 
 
 @main.command()
@@ -23,21 +26,24 @@ from market_platform.cli.base import (
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="FILE.png or FILE.html")
 @fail_cleanly
 def chart(symbol: str, start: str, end: str | None, timeframe: str, out: str) -> None:
-    """Candlestick chart with volume of SYMBOL over sessions, from the lake (and the tick store's
-    bars for sessions the lake lacks, when MARKET_DB_URL is set)."""
+    """Candlestick chart with volume of SYMBOL over sessions, from the lake and the tick store's
+    bars for sessions the lake lacks (MARKET_DB_URL, or the embedded server)."""
+    import psycopg
+
     from market_platform import calendar
     from market_platform.analytics import charts
     from market_platform.storage.lake import Lake
 
     end = end or start
     live = None
-    store = _live_store()
-    if store is not None:
-        first, last = calendar.to_date(start), calendar.to_date(end)
-        sessions = calendar.sessions(first, last)
-        if sessions:
-            live = store.read_bars("1m", calendar.session(sessions[0]).start, calendar.session(sessions[-1]).end,
-                                   symbols=[symbol])
+    first, last = calendar.to_date(start), calendar.to_date(end)
+    sessions = calendar.sessions(first, last) if first <= last else []  # charts names a backwards range
+    if sessions:
+        try:
+            live = _store().read_bars("1m", calendar.session(sessions[0]).start,
+                                      calendar.session(sessions[-1]).end, symbols=[symbol])
+        except psycopg.errors.UndefinedTable:
+            live = None  # a tick store without its schema yet holds no bars
     info = charts.candles_chart(Lake.from_settings(), symbol, start, end, out, timeframe=timeframe, live=live)
     click.echo(f"{out}: {info.description}")
 
@@ -47,16 +53,27 @@ def chart(symbol: str, start: str, end: str | None, timeframe: str, out: str) ->
 @click.option("--since", help="Earliest ts of live tables without a ts filter in the SQL: an ISO instant "
                               "or a duration back from now (90m, 2h, 3d). Default: the latest session's start.")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json"]))
-@click.option("--max-rows", default=100, show_default=True, help="Rows shown in table format.")
+@click.option("--max-rows", default="100", show_default=True, help="Rows shown in table format.")
 @fail_cleanly
-def query(sql_text: str, since: str | None, fmt: str, max_rows: int) -> None:
-    """Run SQL over the lake's datasets (views named as the datasets) and, when MARKET_DB_URL is set,
-    the tick store's tables as live.bars_1m, live.quotes, live.trades, ... (same column names)."""
+def query(sql_text: str, since: str | None, fmt: str, max_rows: str) -> None:
+    """Run one read-only SELECT over the lake's datasets (views named as the datasets) and the tick
+    store's tables as live.bars_1m, live.quotes, live.trades, ... (same column names); the tick
+    store is MARKET_DB_URL, or the embedded server. The SQL reaches nothing else: no other file,
+    no network, no extension."""
     from market_platform.analytics import query as q
     from market_platform.analytics.alerts import parse_duration
     from market_platform.errors import InvalidInputError
     from market_platform.storage.lake import Lake
 
+    try:
+        shown = int(max_rows)
+    except ValueError:
+        shown = 0
+    if not 1 <= shown <= MAX_SHOWN_ROWS:
+        raise InvalidInputError(f"--max-rows {max_rows!r}: expected a number of rows from 1 to {MAX_SHOWN_ROWS:,} "
+                                "(--format csv or json for every row)")
+    lake = Lake.from_settings()
+    lake.check()
     since_at = None
     if since:
         try:
@@ -68,7 +85,10 @@ def query(sql_text: str, since: str | None, fmt: str, max_rows: int) -> None:
                 since_at = datetime.now(timezone.utc) - parse_duration(since, what="--since")
             except InvalidInputError:
                 raise InvalidInputError(f"--since {since!r}: expected an ISO instant or a duration like 2h") from None
-    table = q.query(sql_text, lake=Lake.from_settings(), store=_live_store(), since=since_at)
+    store = _store() if q.live_tables(sql_text) else None
+    table, fetched = q.run(sql_text, lake=lake, store=store, since=since_at)
+    for read in fetched:
+        click.echo(read.describe(), err=True)
     if fmt == "csv":
         import pyarrow.csv as pacsv
 
@@ -79,7 +99,7 @@ def query(sql_text: str, since: str | None, fmt: str, max_rows: int) -> None:
         for row in table.to_pylist():
             click.echo(json.dumps(row, default=str))
     else:
-        frame = table.slice(0, max_rows).to_pandas()
+        frame = table.slice(0, shown).to_pandas()
         click.echo(frame.to_string(index=False, max_colwidth=60) if table.num_rows else "(no rows)")
-        if table.num_rows > max_rows:
-            click.echo(f"... {table.num_rows - max_rows} more rows ({table.num_rows} in all; --format csv for all)")
+        if table.num_rows > shown:
+            click.echo(f"... {table.num_rows - shown} more rows ({table.num_rows} in all; --format csv for all)")

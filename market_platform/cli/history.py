@@ -13,6 +13,7 @@ from market_platform.cli.base import (
     QUIET,
     _in_process,
     _vendors,
+    check_configuration,
     dagster_env,
     fail_cleanly,
     main,
@@ -55,8 +56,7 @@ def materialize(select: str, partition: str) -> None:
     unknown = sorted(set(names) - known)
     if unknown:
         raise InvalidInputError(f"unknown assets {unknown}: expected names among {sorted(known)}")
-    keys = [dg.AssetKey(n) for n in names]
-    _check_partition(definitions, keys, partition)
+    _check_partition(definitions, [dg.AssetKey(n) for n in names], partition)
     result = _in_process(names, run_config={}, partition_key=partition, definitions=definitions)
     click.echo(f"materialized {', '.join(names)} for {partition} (run {result.run_id})")
 
@@ -91,16 +91,16 @@ def discover(category: str, limit: int | None, as_of: str | None, replace: bool)
     top3000: the 3,000 most traded us_equities, a stand-in for the Russell 3000) listed on a day."""
     from market_platform import calendar
     from market_platform.errors import InvalidInputError
-    from market_platform.history.universe import TOP_DATASET, check_limit
+    from market_platform.history.universe import TOP_DATASET, check_limit, check_snapshot_day
     from market_platform.schemas import CATEGORIES
 
     if category not in (*CATEGORIES, TOP_DATASET):
         raise InvalidInputError(f"unknown category {category!r}: expected one of {', '.join(CATEGORIES)} or top3000")
     check_limit(limit)
-    if as_of is not None:
-        day, today = calendar.to_date(as_of), datetime.now(calendar.NEW_YORK).date()
-        if day > today:
-            raise InvalidInputError(f"--as-of {day.isoformat()} is in the future: expected a day up to {today.isoformat()}")
+    today = datetime.now(calendar.NEW_YORK).date()
+    day = today if as_of is None else check_snapshot_day(calendar.to_date(as_of), today, name="--as-of")
+    check_configuration()
+    _vendors().check_universe("us_equities" if category == TOP_DATASET else category, day)
     _discover(category, limit=limit, as_of=as_of, replace=replace)
 
 
@@ -120,6 +120,7 @@ def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: st
     from market_platform.definitions import defs
     from market_platform.defs.bars.assets import TIMEFRAME_ASSETS
 
+    check_configuration()
     os.environ.update(dagster_env())
     instance = dg.DagsterInstance.get()
     definitions = defs()
@@ -140,8 +141,9 @@ def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: st
                                          on_progress=bar.update, tags=tags, logging_config=QUIET["loggers"])
     if not outcome.success:
         failed = f"{len(outcome.failed)} of {outcome.sessions} sessions failed" if outcome.failed else "it failed"
+        again = "; run the same command again to resume" if outcome.resumable else ""
         raise MarketPlatformError(f"backfill {outcome.backfill_id}: {failed}: {outcome.reason} "
-                                  "(run the same command again to resume)")
+                                  f"(its runs' logs are in the UI, `market-platform ui`{again})")
     return outcome
 
 
@@ -166,7 +168,7 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
     from market_platform import calendar
     from market_platform.errors import InvalidInputError
     from market_platform.history.bars import TIMEFRAMES
-    from market_platform.history.universe import UNIVERSES, session_symbols
+    from market_platform.history.universe import UNIVERSES, discovered_categories
     from market_platform.history.vendors import SOURCE_CHOICES
     from market_platform.sources.vendor import symbol_list
     from market_platform.storage.lake import Lake
@@ -197,12 +199,13 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
 
     preflight()  # with a Celery broker set: it answers, workers listen, the state is shared
     options: dict = {"source": source, "universe": universe_name, "stage_every": stage_every}
-    if tickers is not None:
-        names = symbol_list([t.strip() for t in tickers.split(",")])
+    names = symbol_list([t.strip() for t in tickers.split(",")]) if tickers is not None else None
+    if names is None:
+        discovered_categories(Lake.from_settings(), universe_name)  # a universe must have been discovered
+    check_configuration()
+    if names is not None:
         _vendors().check_symbols(names, days[0], days[-1])
         options.update(tickers=names, check_tickers=False)
-    else:
-        session_symbols(Lake.from_settings(), days[0], universe_name)  # a universe must have been discovered
     started = time.monotonic()
     outcome = _launch_backfill(days, timeframes=frames, run_config=_bars_config(**options), label="backfill")
     click.echo(f"backfill {outcome.backfill_id}: {len(days)} sessions ({days[0]} to {days[-1]}), "
@@ -229,12 +232,17 @@ def status(ticker: str | None, dataset: str | None, workers: bool = False) -> No
 
         print_workers()
         return
+    if ticker is not None and (not ticker.strip() or ticker != ticker.strip()):
+        raise InvalidInputError(f"TICKER {ticker!r}: expected a ticker symbol such as AAPL (or none for the whole lake)")
     store = Lake.from_settings()
     if dataset is not None:
         if ticker is not None:
             raise InvalidInputError("give a TICKER or --dataset, not both")
+        store.count(dataset)  # validates the name first
+        store.check(exists=True)
         _dataset_partitions(store, dataset)
         return
+    store.check(exists=True)
     if ticker is not None:
         found = [c for c in (lake_status.coverage(store, d, ticker) for d in lake_status.BAR_DATASETS) if c.rows]
         listed = lake_status.ticker_snapshots(store, ticker)
@@ -290,9 +298,4 @@ def _dataset_partitions(store, dataset: str) -> None:
 @fail_cleanly
 def lake(dataset: str | None) -> None:
     """Superseded by `status` (kept for scripts): `status --dataset DATASET`, or `status`."""
-    from market_platform.storage.lake import Lake
-
-    if dataset is None:
-        status.callback(None, None)
-    else:
-        _dataset_partitions(Lake.from_settings(), dataset)
+    status.callback(None, dataset)

@@ -41,17 +41,14 @@ from market_platform.errors import InvalidInputError
 from market_platform.history.vendors import Vendors
 from market_platform.schemas import BARS, PROGRESS, Source
 from market_platform.sources.vendor import symbol_list
-from market_platform.storage.lake import Lake, register_dataset
+from market_platform.storage.lake import Lake
 
 #: Where each timeframe's bars go: ours (1m) and the vendor's own aggregates.
 DATASETS = {"1m": "minute_bars", "5m": "vendor_bars_5m", "15m": "vendor_bars_15m", "1h": "vendor_bars_1h",
             "1d": "vendor_bars_1d"}
 TIMEFRAMES = tuple(DATASETS)
-for _timeframe in TIMEFRAMES[1:]:
-    register_dataset(DATASETS[_timeframe], BARS)
 #: Staging only: which tickers each staged piece of a partition holds.
 PROGRESS_DATASET = "backfill_progress"
-register_dataset(PROGRESS_DATASET, PROGRESS, keys=("dataset", "date"))
 
 #: Values compared to decide that a fetched bar confirms the stored one.
 _VALUES = ("open", "high", "low", "close", "volume", "trade_count")

@@ -10,9 +10,11 @@ listed that day (point in time). A snapshot of a past day is written once: disco
 again keeps it, unless `replace=True`, so what a backfill used stays reproducible; only today's
 snapshot is refreshed by a new discovery.
 
-The snapshot in force for session D, per category, is the latest one dated on or before D; when
-there is none, the earliest one after D: the universe you discovered, applied back in time (a
-ticker not listed yet on D simply has no bars that day).
+The snapshot in force for session D, per category, is the latest one dated on or before D, never a
+later one: a later snapshot lists tickers that did not exist yet on D (look-ahead). A category
+discovered only after D gets a snapshot as of D from the vendor's dated reference data (Polygon's
+tickers of that day; Alpaca lists only today's assets and is refused for a past day), written to
+the lake like any discovery; without vendors to ask, the error names the day and the command.
 
 `top3000` ranks the us_equities snapshot in force by average daily dollar volume (close x volume,
 the Flat Files carrying no VWAP) over the 20 sessions before the day. It is the platform's stand-in
@@ -31,14 +33,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from market_platform import calendar
-from market_platform.errors import InvalidInputError, PartitionNotFoundError
+from market_platform.errors import InvalidInputError, MarketPlatformError, PartitionNotFoundError
 from market_platform.history.vendors import Vendors
 from market_platform.schemas import BARS, CATEGORIES, RANKED_UNIVERSE, UNIVERSE, conform
 from market_platform.sources.vendor import run_concurrently
-from market_platform.storage.lake import Lake, register_dataset
+from market_platform.storage.lake import Lake
 
 TOP_DATASET = "top3000"
-register_dataset(TOP_DATASET, RANKED_UNIVERSE)
 
 #: The categories whose tickers have minute bars on trading days (the "stocks" universe).
 STOCK_CATEGORIES = ("us_equities", "etf")
@@ -64,6 +65,14 @@ class Discovery:
 def check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidInputError(f"limit {limit!r}: expected a positive number of tickers")
+
+
+def check_snapshot_day(day: date, today: date, *, name: str = "as_of") -> date:
+    """`day` when a snapshot can be taken of it: from the start of the platform's history to today."""
+    if not calendar.CALENDAR_START <= day <= today:
+        raise InvalidInputError(f"{name} {day.isoformat()}: expected a day from {calendar.CALENDAR_START.isoformat()} "
+                                f"(the start of the platform's history) to today, {today.isoformat()}")
+    return day
 
 
 def check_category(category: str) -> None:
@@ -96,11 +105,33 @@ def _write_snapshot(lake: Lake, category: str, day: date, table: pa.Table) -> No
 
 
 def in_force(dates: Sequence[date], day: date) -> date | None:
-    """The snapshot day in force on `day`: the latest on or before it, else the earliest after."""
+    """The snapshot day in force on `day`: the latest on or before it (None: there is none)."""
     before = [d for d in dates if d <= day]
-    if before:
-        return before[-1]
-    return dates[0] if dates else None
+    return before[-1] if before else None
+
+
+def snapshot_in_force(lake: Lake, category: str, day: date, vendors: Vendors | None = None) -> date:
+    """The day of the `category` snapshot in force on `day`; when the lake has none on or before
+    it, one as of `day` taken from `vendors` now (see the module docstring).
+
+    Raises PartitionNotFoundError naming the day when there is none and no vendor to ask.
+    """
+    dates = snapshot_dates(lake, category)
+    chosen = in_force(dates, day)
+    if chosen is not None:
+        return chosen
+    later = f" (the earliest is {dates[0].isoformat()}, after it)" if dates else ""
+    if vendors is None or category == TOP_DATASET:
+        command = f"market-platform discover {category} --as-of {day.isoformat()}"
+        raise PartitionNotFoundError(
+            f"no {category} universe snapshot on or before {day.isoformat()} in the lake{later}: a later one would "
+            f"list tickers not listed yet on that day; take one as of that day (`{command}`) or give tickers")
+    try:
+        discover(vendors, lake, category, day)
+    except MarketPlatformError as exc:
+        raise type(exc)(f"no {category} universe snapshot on or before {day.isoformat()} in the lake{later}, "
+                        f"and none as of that day from the vendor: {exc}") from None
+    return day
 
 
 def _symbols(table: pa.Table) -> set[str]:
@@ -137,27 +168,38 @@ def discover(vendors: Vendors, lake: Lake, category: str, day: date, *, limit: i
     return Discovery(category, day, table, kept, previous, added, removed)
 
 
-def session_symbols(lake: Lake, day: date, universe: str = "stocks") -> tuple[list[str], dict[str, str]]:
-    """The tickers a session's bars cover when none are given: the snapshots in force on `day`
-    (see the module docstring), and {category: snapshot day used}.
+def discovered_categories(lake: Lake, universe: str = "stocks") -> list[str]:
+    """The categories of `universe` with at least one snapshot in the lake.
 
     Raises PartitionNotFoundError when the lake holds no snapshot of the universe at all.
     """
     if universe not in UNIVERSES:
         raise InvalidInputError(f"unknown universe {universe!r}: expected one of {', '.join(UNIVERSES)}")
-    categories = STOCK_CATEGORIES if universe == "stocks" else (TOP_DATASET,)
-    symbols: set[str] = set()
-    used: dict[str, str] = {}
-    for category in categories:
-        chosen = in_force(snapshot_dates(lake, category), day)
-        if chosen is not None:
-            symbols |= _symbols(read_snapshot(lake, category, chosen))
-            used[category] = chosen.isoformat()
-    if not used:
+    categories = [c for c in (STOCK_CATEGORIES if universe == "stocks" else (TOP_DATASET,))
+                  if snapshot_dates(lake, c)]
+    if not categories:
         first = "top3000" if universe == TOP_DATASET else "us_equities"
         raise PartitionNotFoundError(
             f"no {universe} universe snapshot in the lake: discover it first "
             f"(`market-platform discover {first}`, or materialize ticker_universe), or give tickers")
+    return categories
+
+
+def session_symbols(lake: Lake, day: date, universe: str = "stocks",
+                    vendors: Vendors | None = None) -> tuple[list[str], dict[str, str]]:
+    """The tickers a session's bars cover when none are given: the snapshots in force on `day` of
+    the categories discovered (see the module docstring; `vendors` gives one as of `day` where the
+    lake has none on or before it), and {category: snapshot day used}.
+
+    Raises PartitionNotFoundError when the lake holds no snapshot of the universe at all, or none
+    in force on `day` and no vendor to take one from.
+    """
+    symbols: set[str] = set()
+    used: dict[str, str] = {}
+    for category in discovered_categories(lake, universe):
+        chosen = snapshot_in_force(lake, category, day, vendors)
+        symbols |= _symbols(read_snapshot(lake, category, chosen))
+        used[category] = chosen.isoformat()
     return sorted(symbols), used
 
 
@@ -219,13 +261,12 @@ def rank_top(vendors: Vendors, lake: Lake, day: date, *, size: int = TOP_SIZE, s
              replace: bool = False) -> Discovery:
     """Snapshot the `top3000` universe of `day` (the `size` most traded us_equities) into the lake."""
     check_limit(size)
-    chosen = in_force(snapshot_dates(lake, "us_equities"), day)
-    if chosen is None:
+    if not snapshot_dates(lake, "us_equities"):
         raise PartitionNotFoundError("no us_equities universe snapshot in the lake to rank: discover it first "
                                      "(`market-platform discover us_equities`)")
 
     def fetch() -> pa.Table:
-        candidates = read_snapshot(lake, "us_equities", chosen)
+        candidates = read_snapshot(lake, "us_equities", snapshot_in_force(lake, "us_equities", day, vendors))
         candidates = candidates.filter(candidates.column("active"))
         days = ranking_sessions(day, sessions)
         bars = daily_bars(vendors, days, candidates.column("symbol").to_pylist())

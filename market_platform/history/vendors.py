@@ -37,7 +37,7 @@ from market_platform import calendar, settings
 from market_platform.errors import ConfigError, InvalidInputError, UnknownSymbolError, VendorNotFoundError
 from market_platform.replay import ReplayServers
 from market_platform.schemas import CATEGORIES, Source
-from market_platform.sources.alpaca import AlpacaSource
+from market_platform.sources.alpaca import ALPACA_CATEGORIES, AlpacaSource
 from market_platform.sources.flatfiles import FlatFilesSource
 from market_platform.sources.polygon import PolygonSource
 from market_platform.sources.sim import SimMarket
@@ -278,19 +278,29 @@ class Vendors:
 
     # ----------------------------------------------------------------------- reference data
 
-    def universe(self, category: str, day: date, *, limit: int | None = None) -> pa.Table:
-        """schemas.UNIVERSE: the tickers of `category` listed on `day`, from the provider. Alpaca
-        lists only today's assets, so with it `day` must be today."""
+    def check_universe(self, category: str, day: date) -> None:
+        """Raise, naming the value, when the provider cannot list `category` on `day`: an unknown
+        category, one Alpaca does not have, a past day from Alpaca (it lists only today's assets),
+        or no reference data vendor at all. Asks the vendor nothing."""
         if category not in CATEGORIES:
             raise InvalidInputError(f"unknown category {category!r}: expected one of {', '.join(CATEGORIES)}")
         if self.provider == "alpaca":
+            if category not in ALPACA_CATEGORIES:
+                raise InvalidInputError(f"Alpaca has no {category!r} category: expected {', '.join(ALPACA_CATEGORIES)} "
+                                        f"(set {settings.POLYGON_API_KEY_VAR} for Polygon reference data)")
             if day != self.today():
                 raise InvalidInputError(f"Alpaca lists only today's assets: expected as_of {self.today().isoformat()}, "
                                         f"got {day.isoformat()} (use Polygon for a past day)")
-            return self.alpaca.universe(category, day, limit=limit)
-        if self.polygon is None:
+        elif self.polygon is None:
             raise ConfigError(f"no reference data vendor: set {settings.POLYGON_API_KEY_VAR} or "
                               f"{settings.ALPACA_API_KEY_VAR}/{settings.ALPACA_SECRET_KEY_VAR}")
+
+    def universe(self, category: str, day: date, *, limit: int | None = None) -> pa.Table:
+        """schemas.UNIVERSE: the tickers of `category` listed on `day`, from the provider (see
+        `check_universe` for what it refuses)."""
+        self.check_universe(category, day)
+        if self.provider == "alpaca":
+            return self.alpaca.universe(category, day, limit=limit)
         return self.polygon.universe(category, day, limit=limit)
 
     def check_symbols(self, symbols: Sequence[str], first: date, last: date) -> None:

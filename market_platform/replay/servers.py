@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from market_platform import settings
+from market_platform import calendar, settings
 from market_platform.replay.alpaca import AlpacaReplay
+from market_platform.replay.alpaca_stream import AlpacaStreamReplay
 from market_platform.replay.data import MarketProvider, ReplayData, SimProvider
 from market_platform.replay.flatfiles import FlatFilesReplay
 from market_platform.replay.http import Clock, system_clock
@@ -199,10 +200,14 @@ class ReplayServers:
                                endpoint=self.s3_endpoint, bucket=self.flatfiles.bucket, **options)
 
 
-def serve(servers: ReplayServers, *, echo: Callable[[str], None] = print,
-          stop: threading.Event | None = None) -> None:
-    """Start `servers`, print where they listen and what to export, and run until SIGINT/SIGTERM
-    (or `stop` is set)."""
+def serve(servers: ReplayServers, *, stream: AlpacaStreamReplay | None = None,
+          echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> None:
+    """Start `servers` (and the Alpaca stream replay `stream`), print where they listen and what to
+    export, and run until SIGINT/SIGTERM (or `stop` is set).
+
+    The exports point every vendor variable the platform reads at the replay, the stream's
+    ALPACA_STREAM_URL included, so that a shell that follows them never sends the replay's keys to
+    a real vendor."""
     stop = stop or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -210,20 +215,30 @@ def serve(servers: ReplayServers, *, echo: Callable[[str], None] = print,
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
         servers.start()
+        env = servers.env(rates=True)
         days = servers.flatfile_days
         echo(f"polygon REST   {servers.polygon_url}")
         echo(f"alpaca REST    {servers.alpaca_url}   (data and trading API)")
         echo(f"flat files     {servers.s3_endpoint}   bucket {servers.flatfiles.bucket}"
              + (f", {days[0].isoformat()} to {days[1].isoformat()}" if days else ", empty"))
+        if stream is not None:
+            stream.start()
+            env[settings.ALPACA_STREAM_URL_VAR] = stream.url(env[settings.ALPACA_FEED_VAR])
+            lo, hi = (t.astimezone(calendar.NEW_YORK).strftime("%H:%M") for t in stream.window())
+            echo(f"alpaca stream  {env[settings.ALPACA_STREAM_URL_VAR]}   ({stream.day.isoformat()} {lo}-{hi} New York, "
+                 f"as fast as clients read: market-platform stream --day {stream.day.isoformat()} "
+                 f"--start {lo} --end {hi})")
         limit = servers.polygon.rate_limit
         echo(f"rate limit     {f'{limit.calls} calls per {limit.window:g}s per key' if limit.calls else 'none'}")
         echo("\nto point the platform at the replay:")
-        for name, value in servers.env(rates=True).items():
+        for name, value in env.items():
             echo(f"export {name}={value}")
         echo("\nCtrl-C to stop")
         while not stop.wait(0.5):
             pass
     finally:
+        if stream is not None:
+            stream.stop()
         servers.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

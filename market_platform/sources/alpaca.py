@@ -44,6 +44,8 @@ DEFAULT_TRADING_URL = "https://paper-api.alpaca.markets"
 BASIC_PLAN_RATE = 200
 FEEDS = ("iex", "sip")
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "1d")
+#: The universe categories Alpaca's assets tell apart (it has no ETF flag).
+ALPACA_CATEGORIES = ("us_equities", "otc", "crypto")
 #: Alpaca exchange names -> listing MICs.
 MICS = {"NYSE": "XNYS", "NASDAQ": "XNAS", "AMEX": "XASE", "ARCA": "ARCX", "NYSEARCA": "ARCX", "BATS": "BATS",
         "OTC": "OTCM"}
@@ -243,8 +245,8 @@ class AlpacaSource:
         rows describe today, stamped `day`."""
         if category not in CATEGORIES:
             raise InvalidInputError(f"unknown category {category!r}: expected one of {', '.join(CATEGORIES)}")
-        if category not in ("us_equities", "otc", "crypto"):
-            raise InvalidInputError(f"Alpaca has no {category!r} category: expected us_equities, otc or crypto "
+        if category not in ALPACA_CATEGORIES:
+            raise InvalidInputError(f"Alpaca has no {category!r} category: expected {', '.join(ALPACA_CATEGORIES)} "
                                     "(use Polygon reference data for the others)")
         day = calendar.to_date(day)
         assets = self.assets("crypto" if category == "crypto" else "us_equity")

@@ -24,8 +24,10 @@ query that produces them); a batch that starts before the previous one ended rai
 InvalidInputError and nothing is written.
 
 Datasets are registered with a schema (or None: any schema) and their partition keys; writes to a
-dataset with a schema are `schemas.conform`-ed. The key named `date` holds a real date `YYYY-MM-DD`
-and is typed DATE in DuckDB; other keys hold `[A-Za-z0-9_.-]+` and are VARCHAR.
+dataset with a schema are `schemas.conform`-ed. The platform's datasets are all declared here
+(`PLATFORM_DATASETS`), so every process sees the same set whatever it imported. The key named
+`date` holds a real date `YYYY-MM-DD` and is typed DATE in DuckDB; other keys hold
+`[A-Za-z0-9_.-]+` and are VARCHAR.
 
 S3 settings come from the constructor, else the environment: MARKET_LAKE_S3_ENDPOINT (e.g.
 `http://127.0.0.1:9000`; unset means AWS), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
@@ -120,11 +122,28 @@ def register_dataset(name: str, schema: pa.Schema | None, *, keys: tuple[str, ..
     PARTITION_KEYS[name] = keys
 
 
-for _bars in ("minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d"):
-    register_dataset(_bars, schemas.BARS)
-register_dataset("quotes_daily", schemas.QUOTES)
-register_dataset("trades_daily", schemas.TRADES)
-register_dataset("universe", schemas.UNIVERSE, keys=("category", "date"))
+#: Every dataset of the platform, declared here and only here, so that whatever a process imported,
+#: `connect()` (and so `query`, `status`, the checks) sees them all: name -> (schema, partition keys).
+PLATFORM_DATASETS: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
+    # Bars: ours (minute bars and their rollups) and the vendors' own aggregates beside them.
+    **{name: (schemas.BARS, ("date",)) for name in (
+        "minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d",
+        "vendor_bars_5m", "vendor_bars_15m", "vendor_bars_1h", "vendor_bars_1d")},
+    "quotes_daily": (schemas.QUOTES, ("date",)),
+    "trades_daily": (schemas.TRADES, ("date",)),
+    # Universe snapshots, per category and day; the top-3000 ranking per day.
+    "universe": (schemas.UNIVERSE, ("category", "date")),
+    "top3000": (schemas.RANKED_UNIVERSE, ("date",)),
+    # Derived data.
+    "daily_metrics": (schemas.DAILY_METRICS, ("date",)),
+    "intraday_metrics": (schemas.INTRADAY_METRICS, ("date",)),
+    "return_features": (schemas.RETURN_FEATURES, ("date",)),
+    "return_forecast": (schemas.RETURN_FORECAST, ("date",)),
+    # Staging only (resumable backfills): which tickers each staged piece holds.
+    "backfill_progress": (schemas.PROGRESS, ("dataset", "date")),
+}
+for _name, (_schema, _keys) in PLATFORM_DATASETS.items():
+    register_dataset(_name, _schema, keys=_keys)
 
 
 def partition_spec(dataset: str, partition: Partition) -> dict[str, str]:
@@ -234,6 +253,25 @@ class Lake:
     @property
     def is_s3(self) -> bool:
         return isinstance(self._store, _S3Store)
+
+    @property
+    def local_root(self) -> Path | None:
+        """The directory of a local lake (None on S3)."""
+        return self._store.root if isinstance(self._store, _LocalStore) else None
+
+    def check(self, *, exists: bool = False) -> None:
+        """Raise ConfigError when the lake cannot be used: a local root that is a file or lies
+        under one, or (with `exists`) that does not exist yet. An S3 lake is checked by use."""
+        if not isinstance(self._store, _LocalStore):
+            return
+        root = self._store.root
+        existing = next(path for path in (root, *root.parents) if path.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"lake path {str(root)!r}: {str(existing)!r} is a file: expected a directory "
+                              f"(set {settings.LAKE_URL_VAR} to a directory or s3://bucket[/prefix])")
+        if exists and existing != root:
+            raise ConfigError(f"no lake at {str(root)!r}: the directory does not exist (check {settings.LAKE_URL_VAR}; "
+                              "`market-platform discover` or `backfill` creates it)")
 
     # -- partitions ---------------------------------------------------------------------------
 

@@ -2,13 +2,14 @@
 vendors' own 5m/15m/1h/1d bars beside ours.
 
 A session's tickers are the `tickers` of the run config, or the universe snapshot in force on the
-session (`history.universe.session_symbols`): the latest snapshot on or before it, else the first
-after it. The source per session follows `Vendors.choose`: Flat Files for sessions older than 30
-days, REST for recent ones, Alpaca as the alternative provider; every run is resumable at ticker
-granularity and merges into the session (`history.bars`).
+session (`history.universe.session_symbols`): the latest snapshot on or before it, never a later
+one; where the lake has none, one as of the session from the vendor's dated reference data. The
+source per session follows `Vendors.choose`: Flat Files for sessions older than 30 days, REST for
+recent ones, Alpaca as the alternative provider; every run is resumable at ticker granularity and
+merges into the session (`history.bars`). A run of several sessions materializes each with its own
+metadata (`context.add_asset_metadata(..., partition_key=...)`).
 """
 
-import json
 from datetime import date
 from typing import Optional
 
@@ -38,40 +39,41 @@ class BarsConfig(dg.Config):
 
 def backfill_partitions(context: dg.AssetExecutionContext, config: BarsConfig, vendors: VendorsResource,
                         lake: LakeResource, timeframe: str) -> dg.MaterializeResult:
-    """Fill the run's sessions of `timeframe`'s dataset; metadata per session under `by_session`."""
+    """Fill the run's sessions of `timeframe`'s dataset; each session's materialization carries
+    the figures of that session (a backfill run covers up to ten)."""
     v, store = vendors.vendors(), lake.lake()
     days = [date.fromisoformat(key) for key in context.partition_keys]
     if config.tickers and config.check_tickers:
         v.check_symbols(config.tickers, days[0], days[-1])
-    per_session: dict[str, dict] = {}  # one session's result at a time: a day of bars can be 100 MB
-    sources: set[str] = set()
-    last: SessionResult | None = None
-    rows = 0
-    snapshots: dict[str, dict[str, str]] = {}
     for day in days:
+        snapshots = None
         if config.tickers:
             symbols = config.tickers
         else:
-            symbols, snapshots[day.isoformat()] = session_symbols(store, day, config.universe)
-        last = backfill_session(v, store, day, symbols, timeframe=timeframe, source=config.source,
-                                stage_every=config.stage_every, log=context.log.info)
-        context.log.info(f"{day}: {last.rows:,} {last.dataset} rows from {last.source}; {last.fetched} "
-                         f"tickers fetched, {last.resumed} resumed" + (f", etag {last.etag}" if last.etag else ""))
-        per_session[day.isoformat()] = {"source": last.source, "rows": last.rows, "tickers": last.symbols,
-                                       "fetched": last.fetched, "resumed": last.resumed,
-                                       "confirmed": last.confirmed, "etag": last.etag}
-        sources.add(last.source)
-        rows += last.rows
-    metadata: dict[str, dg.MetadataValue] = (
-        table_metadata(last.table) if len(days) == 1 else {"rows": dg.MetadataValue.int(rows)})
-    metadata.update({
-        "source": dg.MetadataValue.text(", ".join(sorted(sources))),
-        "by_session": dg.MetadataValue.json(per_session),
-        "vendors": dg.MetadataValue.text(v.describe()),
-    })
-    if snapshots:
+            symbols, snapshots = session_symbols(store, day, config.universe, v)
+        result = backfill_session(v, store, day, symbols, timeframe=timeframe, source=config.source,
+                                  stage_every=config.stage_every, log=context.log.info)
+        context.log.info(f"{day}: {result.rows:,} {result.dataset} rows from {result.source}; {result.fetched} "
+                         f"tickers fetched, {result.resumed} resumed" + (f", etag {result.etag}" if result.etag else ""))
+        context.add_asset_metadata(session_metadata(result, snapshots), partition_key=day.isoformat())
+    return dg.MaterializeResult(metadata={"vendors": dg.MetadataValue.text(v.describe())})
+
+
+def session_metadata(result: SessionResult, snapshots: dict[str, str] | None) -> dict[str, dg.MetadataValue]:
+    """A session's materialization metadata: its table's figures, the source, what was fetched and
+    the universe snapshots in force (None: tickers were given)."""
+    metadata = {
+        **table_metadata(result.table),
+        "source": dg.MetadataValue.text(result.source),
+        "tickers": dg.MetadataValue.int(result.symbols),
+        "fetched": dg.MetadataValue.int(result.fetched),
+        "resumed": dg.MetadataValue.int(result.resumed),
+        "confirmed": dg.MetadataValue.int(result.confirmed),
+        "etag": dg.MetadataValue.text(result.etag) if result.etag else dg.MetadataValue.null(),
+    }
+    if snapshots is not None:
         metadata["universe_snapshots"] = dg.MetadataValue.json(snapshots)
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata
 
 
 @dg.asset(
@@ -138,12 +140,11 @@ def build_rollup(timeframe: str) -> dg.AssetsDefinition:
     )
     def _rollup(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         store = lake.lake()
-        rows = 0
         for key in context.partition_keys:
             table = rollups.rollup(store, date.fromisoformat(key), timeframe)
-            rows += store.write_partition(dataset, key, table)
-        metadata = table_metadata(table) if len(context.partition_keys) == 1 else {"rows": rows}
-        return dg.MaterializeResult(metadata=metadata)
+            store.write_partition(dataset, key, table)
+            context.add_asset_metadata(table_metadata(table), partition_key=key)
+        return dg.MaterializeResult()
 
     return _rollup
 
@@ -167,10 +168,6 @@ TIMEFRAME_ASSETS: dict[str, list[dg.AssetsDefinition]] = {
 CONFIGURED_ASSETS = ("minute_bars", "vendor_bars_5m", "vendor_bars_15m", "vendor_bars_1h", "vendor_bars_1d")
 
 
-def by_session(metadata: dict) -> dict[str, dict]:
-    """The `by_session` metadata of a bars materialization, as a dict (empty when absent)."""
-    value = metadata.get("by_session")
-    data = getattr(value, "data", value)
-    if isinstance(data, str):
-        data = json.loads(data)
-    return data if isinstance(data, dict) else {}
+def recorded_session(metadata: dict) -> dict:
+    """What a bars materialization of one session recorded (source, etag, ...), as plain values."""
+    return {name: getattr(value, "value", value) for name, value in metadata.items()}

@@ -6,11 +6,18 @@ differs is worth knowing, not worth stopping the day's metrics for.
 """
 
 from datetime import date
-from typing import Callable
+from typing import Callable, Iterator
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+
+# Dagster 1.13 records an AssetCheckResult once per run (partition None when the run spans several
+# partitions); one AssetCheckEvaluation per partition is how a check reports on each, and its link to
+# the partition's materialization has no public name yet.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from market_platform import calendar
 from market_platform.analytics import quality
@@ -49,41 +56,38 @@ def per_session(
     judge: Callable[[str], quality.CheckOutcome],
     *,
     severity=dg.AssetCheckSeverity.ERROR,
-) -> dg.AssetCheckResult:
-    """Judge every session of the run (a backfill run covers up to ten) and report one result:
-    it passes when every session passes, and names the sessions that failed."""
-    keys = context.partition_keys
-    outcomes = {key: judge(key) for key in keys}
-    if len(keys) == 1:
-        return check_result(outcomes[keys[0]], severity=severity)
-    failed = [key for key, outcome in outcomes.items() if not outcome.passed]
-    first = outcomes[failed[0]] if failed else None
-    summary = (f"failed on {len(failed)} of {len(keys)} sessions ({', '.join(failed)}); "
-               f"{failed[0]}: {first.summary}" if failed else f"all {len(keys)} sessions pass")
-    combined = quality.CheckOutcome(
-        passed=not failed,
-        summary=summary,
-        metrics={"sessions": len(keys), "failed_sessions": len(failed),
-                 **{f"{key}": outcome.summary for key, outcome in outcomes.items()}},
-        examples=first.examples if first else None,
-    )
-    return check_result(combined, severity=severity)
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
+    """Judge every session of the run (a backfill run covers up to ten) and record each result on
+    its own partition, pointing at that partition's materialization, as the UI lists them. A
+    blocking check that fails on any session fails the step after every session is recorded."""
+    spec = context.check_specs[0]
+    for key in context.partition_keys:
+        result = check_result(judge(key), severity=severity)
+        latest = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=spec.asset_key, asset_partitions=[key]), limit=1).records
+        yield dg.AssetCheckEvaluation(
+            asset_key=spec.asset_key, check_name=spec.name, passed=result.passed, metadata=result.metadata,
+            severity=severity, description=result.description, blocking=spec.blocking, partition=key,
+            target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
+                storage_id=latest[0].storage_id, run_id=latest[0].run_id, timestamp=latest[0].timestamp)
+            if latest else None)
+    yield dg.Output(None)
 
 
 @dg.asset_check(asset=minute_bars, partitions_def=trading_days_def, blocking=True)
-def ohlc_consistent(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+def ohlc_consistent(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """Every bar has low <= open, close <= high, a positive low and volume >= 0."""
     return per_session(context, lambda key: quality.ohlc_consistent(_bars(lake, key)))
 
 
 @dg.asset_check(asset=minute_bars, partitions_def=trading_days_def, blocking=True)
-def no_duplicate_bars(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+def no_duplicate_bars(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """No two bars share (symbol, ts, source)."""
     return per_session(context, lambda key: quality.no_duplicate_bars(_bars(lake, key)))
 
 
 @dg.asset_check(asset=minute_bars, partitions_def=trading_days_def)
-def session_complete(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+def session_complete(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """The session's expected minutes (from the calendar, half days included) are covered: by each
     liquid symbol in regular hours, and by the market in every phase dense enough to judge. The
     completeness score per phase is in the metadata."""
@@ -93,10 +97,10 @@ def session_complete(context: dg.AssetCheckExecutionContext, lake: LakeResource)
 @dg.asset_check(asset=minute_bars, partitions_def=trading_days_def)
 def sources_agree(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, tick_store: TickStoreResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     """Where two sources cover the session — the lake's bars and the tick store's live bars, or two
-    sources inside the lake's partition — their common minutes agree within 0.5% in price; the
-    disagreements are listed."""
+    sources inside the lake's partition — their common minutes agree within 0.5% in price and 5%
+    (or 100 shares) in volume (`analytics.quality.sources_agree`); the disagreements are listed."""
     return per_session(context, lambda key: _sources_agree(lake, tick_store, key), severity=dg.AssetCheckSeverity.WARN)
 
 

@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 import dagster as dg
 
 from market_platform import calendar
-from market_platform.defs.bars.assets import bars_job, by_session, minute_bars
+from market_platform.defs.bars.assets import bars_job, minute_bars, recorded_session
 from market_platform.defs.resources import VendorsResource
 from market_platform.errors import NotASessionError
 from market_platform.history.vendors import Vendors, published_at
@@ -66,7 +66,7 @@ def after_close_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest
 def verify_requests(now: datetime, recorded: Callable[[str], dict | None],
                     etag_of: Callable[[date], str | None], *, sessions: int = VERIFY_SESSIONS) -> Iterator[dg.RunRequest]:
     """Requests to rebuild recent sessions from their flat files: those built (`recorded(day)`, the
-    session's entry of its latest materialization) whose published file's ETag is not the one recorded."""
+    metadata of the session's latest materialization) whose published file's ETag is not the one recorded."""
     cal = calendar.default_calendar()
     last = cal.last_completed_session(now)
     for day in cal.sessions(last - timedelta(days=sessions * 2 + 7), last)[-sessions:]:
@@ -96,7 +96,7 @@ def verification(instance: dg.DagsterInstance, vendors: Vendors) -> list[dg.RunR
             dg.AssetRecordsFilter(asset_key=minute_bars.key, asset_partitions=[day]), limit=1).records
         if not records:
             return None
-        return by_session(records[0].asset_materialization.metadata).get(day, {})
+        return recorded_session(records[0].asset_materialization.metadata)
 
     requests = list(verify_requests(vendors.now(), recorded, vendors.flatfile_etag))
     return requests or dg.SkipReason("every recent session is verified against its published flat file")

@@ -32,19 +32,16 @@ def movers_markdown(table: pa.Table, day: date, *, n: int = 10) -> "str | None":
     return charts.markdown_image(png, f"movers {day.isoformat()}")
 
 
-def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: str, compute) -> "tuple[pa.Table, int]":
+def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: str, compute) -> pa.Table:
+    """Compute and write each session of the run, each materialized with its own figures; returns the last table."""
     store = lake.lake()
-    rows = 0
     table = None
     for key in context.partition_keys:
         table = compute(store, date.fromisoformat(key))
-        rows += store.write_partition(dataset, key, table)
+        store.write_partition(dataset, key, table)
+        context.add_asset_metadata(table_metadata(table), partition_key=key)
         context.log.info(f"{key}: {table.num_rows} rows of {dataset}")
-    return table, rows
-
-
-def _metadata(context: dg.AssetExecutionContext, table: pa.Table, rows: int) -> dict:
-    return table_metadata(table) if len(context.partition_keys) == 1 else {"rows": dg.MetadataValue.int(rows)}
+    return table
 
 
 @dg.asset(
@@ -62,8 +59,8 @@ def daily_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
     close, open-to-close and log return, percent change from the previous close, gap, range, dollar
     volume, realized volatility of 1-minute returns, and the pre-market and after-hours shares of
     volume; computed by DuckDB from `minute_bars`. The metadata shows the day's movers."""
-    table, rows = _write_each(context, lake, metrics.DAILY_METRICS, metrics.daily_metrics)
-    metadata = _metadata(context, table, rows)
+    table = _write_each(context, lake, metrics.DAILY_METRICS, metrics.daily_metrics)
+    metadata = {}
     if len(context.partition_keys) == 1:
         chart = movers_markdown(table, date.fromisoformat(context.partition_key))
         if chart:
@@ -85,8 +82,8 @@ def intraday_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     returns, and the probability of profit (the share of the window's 1-minute closes at or below
     its latest price); computed by DuckDB from `minute_bars`. During a session the same metrics come
     from the tick store (`analytics.metrics.live_intraday_metrics`)."""
-    table, rows = _write_each(context, lake, metrics.INTRADAY_METRICS, metrics.intraday_metrics)
-    return dg.MaterializeResult(metadata=_metadata(context, table, rows))
+    _write_each(context, lake, metrics.INTRADAY_METRICS, metrics.intraday_metrics)
+    return dg.MaterializeResult()
 
 
 @dg.asset(
@@ -101,8 +98,8 @@ def return_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     """One row per symbol and 5-minute window: the features a model may use at the window's end
     (lagged log returns, rolling volatility, volume z-score, distance from the session VWAP, minutes
     from the open) and the label, the symbol's next window's log return in the same session."""
-    table, rows = _write_each(context, lake, forecast.RETURN_FEATURES, forecast.return_features)
-    return dg.MaterializeResult(metadata=_metadata(context, table, rows))
+    _write_each(context, lake, forecast.RETURN_FEATURES, forecast.return_features)
+    return dg.MaterializeResult()
 
 
 @dg.asset(
@@ -120,7 +117,6 @@ def return_forecast(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     a ridge regression fitted walk-forward on the sessions before this one only, beside the realized
     return. The metadata scores it out of sample against the random-walk baseline (predict 0)."""
     store = lake.lake()
-    results = {}
     for key in sorted(context.partition_keys):  # in order: each session's model sees the ones before
         try:
             result = forecast.forecast(store, date.fromisoformat(key), lookback=forecast.DEFAULT_LOOKBACK)
@@ -128,24 +124,19 @@ def return_forecast(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
             # The first sessions of a history have nothing to learn from: an empty partition says so.
             context.log.warning(str(exc))
             store.write_partition(forecast.RETURN_FORECAST, key, schemas.RETURN_FORECAST.empty_table())
-            results[key] = None
+            context.add_asset_metadata({"trained": False, "reason": "not enough earlier sessions of return_features"},
+                                       partition_key=key)
             continue
         store.write_partition(forecast.RETURN_FORECAST, key, result.predictions)
-        results[key] = result
+        context.add_asset_metadata(_forecast_metadata(result), partition_key=key)
         context.log.info(f"{key}: r2_oos={result.r2_oos} on {result.test_rows} windows, "
                          f"trained on {result.train_rows} rows of {len(result.train_sessions)} sessions")
-    if len(results) != 1:
-        scored = [r for r in results.values() if r is not None and r.r2_oos is not None]
-        return dg.MaterializeResult(metadata={
-            "sessions": len(results),
-            "sessions_scored": len(scored),
-            "sessions_beating_baseline": sum(1 for r in scored if r.beats_baseline),
-        })
-    (result,) = results.values()
-    if result is None:
-        return dg.MaterializeResult(metadata={"trained": False, "reason": "not enough earlier sessions of return_features"})
+    return dg.MaterializeResult()
+
+
+def _forecast_metadata(result: forecast.ForecastResult) -> dict:
     coefficients = "\n".join(f"| {name} | {value:+.3e} |" for name, value in result.coefficients.items())
-    return dg.MaterializeResult(metadata={
+    return {
         **table_metadata(result.predictions),
         "trained": True,
         "model": "ridge regression (alpha=1) on standardised features, scikit-learn",
@@ -160,7 +151,7 @@ def return_forecast(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
         "baseline": "random walk: predict a next return of 0",
         "beats_baseline": dg.MetadataValue.bool(bool(result.beats_baseline)),
         "coefficients": dg.MetadataValue.md("| feature | coefficient |\n|---|---|\n" + coefficients),
-    })
+    }
 
 
 def _float(value: "float | None") -> dg.MetadataValue:

@@ -1,6 +1,8 @@
 """Checks of the quotes archive (see analytics.quality). `quotes_not_crossed` targets
 `quotes_daily`, which the streaming domain defines; the live tables' freshness check lives there too."""
 
+from typing import Iterator
+
 import dagster as dg
 
 from market_platform.analytics import quality
@@ -14,7 +16,7 @@ MAX_CROSSED_SHARE = 0.001
 
 
 @dg.asset_check(asset=QUOTES_DAILY, partitions_def=trading_days_def, blocking=True)
-def quotes_not_crossed(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+def quotes_not_crossed(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """At most 0.1% of the session's two-sided quotes have bid > ask (locked quotes are fine)."""
     columns = ["symbol", "ts", "bid_price", "ask_price", "bid_exchange", "ask_exchange"]
     return per_session(context, lambda key: quality.quotes_not_crossed(

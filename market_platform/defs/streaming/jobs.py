@@ -18,6 +18,7 @@ from market_platform import calendar
 from market_platform.defs.resources import SimMarketResource, TickStoreResource
 from market_platform.defs.streaming.assets import LIVE_TABLES, live_bars_1m, live_quotes, live_trades
 from market_platform.defs.streaming.resources import AlpacaStreamResource
+from market_platform.errors import InvalidInputError
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming import StreamReport
 from market_platform.streaming.runs import is_loopback, stream_window
@@ -49,14 +50,14 @@ def _today(kind: str) -> str:
     return (now.date() if kind == "crypto" else now.astimezone(calendar.NEW_YORK).date()).isoformat()
 
 
-#: Per stock category, the snapshot in force on the day: the latest on or before it, else the
-#: earliest after it (the rule backfills follow too: `history.universe.session_symbols`).
+#: Per stock category, the snapshot in force on the day: the latest on or before it, never a later
+#: one, which would list tickers not listed yet (the rule backfills follow too:
+#: `history.universe.session_symbols`).
 _UNIVERSE_SQL = """
 SELECT DISTINCT u.symbol FROM universe u
 WHERE u.category IN ('us_equities', 'etf') AND u.active
-  AND u.snapshot_date = COALESCE(
-        (SELECT max(snapshot_date) FROM universe WHERE category = u.category AND snapshot_date <= %(day)s),
-        (SELECT min(snapshot_date) FROM universe WHERE category = u.category))
+  AND u.snapshot_date = (SELECT max(snapshot_date) FROM universe
+                         WHERE category = u.category AND snapshot_date <= %(day)s)
 ORDER BY u.symbol
 """
 
@@ -66,13 +67,27 @@ def _universe(store: TickStore, day: str) -> list[str]:
     return store.read_arrow(_UNIVERSE_SQL, {"day": day}).column("symbol").to_pylist()
 
 
+def _stock_symbols(context: dg.OpExecutionContext, store: TickStore, day: str, live: bool) -> list[str] | None:
+    """What a stock run subscribes to without `symbols`: the universe in force on `day`; with
+    none, the replay's own listing of that day (None), and from a live feed, a clear error."""
+    symbols = _universe(store, day)
+    if symbols:
+        return symbols
+    if live:
+        raise InvalidInputError(
+            f"no us_equities or etf universe snapshot on or before {day} in the tick store: discover one "
+            f"(`market-platform discover us_equities --as-of {day}`) or give symbols")
+    context.log.info(f"no stock universe snapshot on or before {day}: streaming the replay's listing of that day")
+    return None
+
+
 def run_stream(context: dg.OpExecutionContext, kind: str, config: StreamRunConfig, tick_store: TickStoreResource,
                alpaca_stream: AlpacaStreamResource, bars_source: SimMarketResource) -> StreamReport:
     """Stream one window (see the module docstring); returns the streamer's report."""
     day = config.day or _today(kind)
     store = tick_store.store()
     live = alpaca_stream.live and not is_loopback(alpaca_stream.stream_url)
-    symbols = config.symbols or (_universe(store, day) if kind == "stocks" else None)
+    symbols = config.symbols or (_stock_symbols(context, store, day, live) if kind == "stocks" else None)
     reporter = _Reporter(context, kind, day, config.report_every_minutes)
 
     def started(ep, stream_config) -> None:

@@ -18,7 +18,6 @@ from market_platform import calendar
 from market_platform.defs.metadata import table_metadata
 from market_platform.defs.partitions import categories_def
 from market_platform.defs.resources import LakeResource, TickStoreResource, VendorsResource
-from market_platform.errors import InvalidInputError
 from market_platform.history import universe
 from market_platform.history.universe import STOCK_CATEGORIES, Discovery
 from market_platform.history.vendors import Vendors
@@ -42,12 +41,7 @@ class Top3000Config(dg.Config):
 def snapshot_day(as_of: str | None, vendors: Vendors) -> date:
     """The snapshot day a run asks for: `as_of`, or today in New York; never in the future."""
     today = vendors.today()
-    if as_of is None:
-        return today
-    day = calendar.to_date(as_of)
-    if day > today:
-        raise InvalidInputError(f"as_of {day.isoformat()} is in the future: expected a day up to {today.isoformat()}")
-    return day
+    return today if as_of is None else universe.check_snapshot_day(calendar.to_date(as_of), today)
 
 
 def discovery_metadata(found: Discovery, vendors: Vendors) -> dict[str, dg.MetadataValue]:

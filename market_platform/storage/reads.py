@@ -1,0 +1,131 @@
+"""Reads from the tick store as Arrow tables: any SELECT (`read_arrow`), and bars of every
+timeframe (`read_bars`: bars_1m and its four rollups)."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timedelta
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from market_platform.errors import InvalidInputError
+from market_platform.schemas import SCHEMAS
+from market_platform.storage.maintenance import aware
+from market_platform.storage.migrations import Schema
+from market_platform.storage.server import StoreConnection
+
+#: Rollup timeframes: relation name and bucket width.
+ROLLUPS: dict[str, tuple[str, timedelta]] = {
+    "5m": ("bars_5m", timedelta(minutes=5)),
+    "15m": ("bars_15m", timedelta(minutes=15)),
+    "1h": ("bars_1h", timedelta(hours=1)),
+    "1d": ("bars_1d", timedelta(days=1)),
+}
+
+#: Arrow type of every column name the schemas define (they agree where names repeat).
+_SCHEMA_TYPES: dict[str, pa.DataType] = {f.name: f.type for s in SCHEMAS.values() for f in s}
+
+_OID_TYPES: dict[int, pa.DataType] = {
+    16: pa.bool_(),
+    20: pa.int64(),
+    21: pa.int16(),
+    23: pa.int32(),
+    700: pa.float32(),
+    701: pa.float64(),
+    1700: pa.float64(),  # numeric: sums of bigints and the like
+    1082: pa.date32(),
+    1114: pa.timestamp("us"),
+    1184: pa.timestamp("us", "UTC"),
+}
+
+
+def _csv_to_arrow(data: bytes, description: Sequence[Any]) -> pa.Table:
+    names = [column.name for column in description]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"query returns duplicate column names {names}: alias them apart")
+    types = {column.name: _OID_TYPES.get(column.type_code, pa.string()) for column in description}
+    if data:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=names),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, null_values=[""], strings_can_be_null=True,
+                quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
+            ),
+        )
+    else:
+        table = pa.table({name: pa.array([], types[name]) for name in names})
+    for index, name in enumerate(names):
+        wanted = _SCHEMA_TYPES.get(name)
+        if wanted is not None and table.schema.field(index).type != wanted:
+            try:
+                table = table.set_column(index, name, table.column(index).cast(wanted))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # a same-named column of another kind: keep what PostgreSQL returned
+    return table
+
+
+
+class Reads:
+    """The readers of the database behind `connection`."""
+
+    def __init__(self, connection: StoreConnection, schema: Schema) -> None:
+        self._connection = connection
+        self._schema = schema
+
+    def read_arrow(self, query: sql.Composable | str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pa.Table:
+        """The rows of a SELECT as an Arrow table, moved with COPY (CSV) and parsed by Arrow.
+
+        Columns named as in `market_platform.schemas` get that schema's type (ts becomes
+        timestamp[ns, UTC]); others get the Arrow type of their PostgreSQL type (text, arrays,
+        json and the like as strings).
+        """
+        statement = sql.SQL(query) if isinstance(query, str) else query
+        with self._connection.session() as conn:
+            with conn.transaction():
+                conn.execute("SET LOCAL TimeZone = 'UTC'")
+                cur = conn.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(statement), params)
+                description = cur.description
+                buffer = io.BytesIO()
+                with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(statement), params) as copy:
+                    for block in copy:
+                        buffer.write(block)
+        return _csv_to_arrow(buffer.getvalue(), description)
+
+    def read_bars(
+        self,
+        timeframe: str,
+        start: datetime,
+        end: datetime,
+        *,
+        symbols: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """Bars of `timeframe` ("1m", "5m", "15m", "1h", "1d") whose start is in [start, end),
+        ordered by symbol and ts. Rollups have no source column (they span all sources)."""
+        aware(start, "start"), aware(end, "end")
+        if end <= start:
+            raise InvalidInputError(f"end={end} is not after start={start}")
+        symbol_filter = sql.SQL(" AND symbol = ANY(%(symbols)s)") if symbols is not None else sql.SQL("")
+        params = {"start": start, "end": end, "symbols": list(symbols or [])}
+        if timeframe == "1m":
+            query = sql.SQL(
+                "SELECT * FROM bars_1m WHERE ts >= %(start)s AND ts < %(end)s{} ORDER BY symbol, ts, source"
+            ).format(symbol_filter)
+        elif timeframe in ROLLUPS:
+            name, width = ROLLUPS[timeframe]
+            if self._schema.variant() == "postgres":  # the function prunes bars_1m's partitions; the view cannot
+                params["width"] = width
+                query = sql.SQL(
+                    "SELECT * FROM bars_rollup(%(width)s, %(start)s, %(end)s) WHERE true{} ORDER BY symbol, ts"
+                ).format(symbol_filter)
+            else:
+                query = sql.SQL(
+                    "SELECT * FROM {} WHERE ts >= %(start)s AND ts < %(end)s{} ORDER BY symbol, ts"
+                ).format(sql.Identifier(name), symbol_filter)
+        else:
+            raise InvalidInputError(f"unknown timeframe {timeframe!r}: expected 1m, {', '.join(ROLLUPS)}")
+        return self.read_arrow(query, params)
