@@ -18,8 +18,9 @@ step), 60 of which the plan allows in a first minute.
 - The lake is byte-identical to the same backfill run in process (no broker), run at the same time
   against an unlimited replay of the same market, with no temporary or staged file left.
 
-And, without workers: a local lake, or a broker that does not answer, is refused in one line
-before anything is written.
+And, while the workers boot: a local lake, or a broker that does not answer, is refused in one
+line before anything is written; the Definitions send asset jobs to Celery only with a broker, and
+stream jobs never; a step whose workers keep dying is resent, then fails naming them.
 """
 
 from __future__ import annotations
@@ -168,36 +169,25 @@ def unlimited_replay(sim):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, redis_url, s3_server, make_database, limited_replay):
-    import celery
-
+def booting(tmp_path_factory, redis_url, s3_server, make_database, limited_replay):
+    """The two workers, started (not waited for: the tests that need no worker run meanwhile)."""
     root = tmp_path_factory.mktemp("scaleout")
     bucket = s3_server.new_bucket()
     env = {**clean_env(), **limited_replay.env(rates=True), **s3_lake_env(s3_server, bucket),
            "MARKET_DB_URL": make_database("postgres"), "MARKET_CELERY_BROKER_URL": redis_url,
            "MARKET_CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}"}
     workers = []
-    for name in ("worker_a", "worker_b"):
-        cwd = root / name
-        cwd.mkdir()
-        log = open(root / f"{name}.log", "w")
-        process = subprocess.Popen([*CLI, "worker"], cwd=cwd, env={**env, "MARKET_PLATFORM_HOME": str(cwd / "home")},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        workers.append(Worker(process, cwd, log))
-    (root / "launcher").mkdir()
-    app = celery.Celery(broker=redis_url)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            for worker in workers:
-                assert worker.process.poll() is None, f"{worker.name} exited:\n{worker.output()}"
-            answered = {name for reply in app.control.ping(timeout=1.0) for name in reply}
-            if {w.name for w in workers} <= answered:
-                break
-            assert time.monotonic() < deadline, "workers did not come up:\n" + "\n".join(w.output() for w in workers)
+        for name in ("worker_a", "worker_b"):
+            cwd = root / name
+            cwd.mkdir()
+            log = open(root / f"{name}.log", "w")
+            process = subprocess.Popen([*CLI, "worker"], cwd=cwd, env={**env, "MARKET_PLATFORM_HOME": str(cwd / "home")},
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            workers.append(Worker(process, cwd, log))
+        (root / "launcher").mkdir()
         yield Cluster(env, root, bucket, workers)
     finally:
-        app.close()
         for worker in workers:
             if worker.process.poll() is None:
                 os.killpg(worker.process.pid, signal.SIGTERM)
@@ -208,6 +198,26 @@ def cluster(tmp_path_factory, redis_url, s3_server, make_database, limited_repla
                 os.killpg(worker.process.pid, signal.SIGKILL)
                 worker.process.wait()
             worker.log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(booting, redis_url) -> Cluster:
+    """The two workers, once both answer over the broker."""
+    import celery
+
+    app = celery.Celery(broker=redis_url)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            for worker in booting.workers:
+                assert worker.process.poll() is None, f"{worker.name} exited:\n{worker.output()}"
+            answered = {name for reply in app.control.ping(timeout=1.0) for name in reply}
+            if {w.name for w in booting.workers} <= answered:
+                return booting
+            assert time.monotonic() < deadline, "workers did not come up:\n" + "\n".join(
+                w.output() for w in booting.workers)
+    finally:
+        app.close()
 
 
 def _kill_second_step(client, backfill: subprocess.Popen, workers: list[Worker], status: list,
@@ -299,6 +309,7 @@ def _read_event_log(result: Outcome, env: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- wiring (in process)
 
 
+@pytest.mark.usefixtures("booting")  # the workers of the tests below boot meanwhile
 def test_asset_jobs_go_to_workers_only_with_a_broker_and_streams_never(monkeypatch):
     from market_platform.definitions import defs
 
