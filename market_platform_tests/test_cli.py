@@ -56,15 +56,22 @@ def test_an_unreachable_database_is_one_line_without_the_password(env):
     assert "s3cret-pw" not in result.stderr + result.stdout
 
 
-def test_db_init_then_status(env):
+def test_db_init_then_status(env, pg_server_variant):
     first = run([str(BIN / "market-platform"), "db", "init"], env)
     assert first.returncode == 0, first.stderr
     assert "migrations applied: 0" not in first.stdout
     again = run([str(BIN / "market-platform"), "db", "init"], env)
     assert "migrations applied: 0" in again.stdout
-    status = json.loads(run([str(BIN / "market-platform"), "db", "status"], env).stdout)
-    assert status["variant"] == "postgres"
-    assert "bars_1m" in json.dumps(status)
+    status = json.loads(run([str(BIN / "market-platform"), "db", "status", "--json"], env).stdout)
+    assert status["variant"] == pg_server_variant
+    assert status["tables"]["bars_1m"]["rows"] == 0 and status["pending"] == []
+    # For a person: the variant, the migrations as counted and named, a line per table.
+    text = run([str(BIN / "market-platform"), "db", "status"], env).stdout
+    lines = text.splitlines()
+    assert f"variant      {pg_server_variant} (" in text
+    assert f"migrations   {status['migrations_applied']} applied, the newest {status['latest_migration']}; none pending" in lines
+    [bars] = [line.split() for line in lines if line.startswith("bars_1m ")]
+    assert bars[1] == "0" and bars[4:6] == ["-", "-"]  # rows; no oldest or newest day: nothing stored
 
 
 def test_demo_backfills_through_the_replay_servers(env):

@@ -6,7 +6,8 @@ applies alone. The variant is `timescale` when the extension is installed or loa
 (hypertables with 1-day chunks, compression, retention policies, continuous aggregates) and
 `postgres` otherwise (PostgreSQL >= 15: range partitions by New York day that `maintain()`
 creates ahead and drops past retention, rollups as views). Both have the same tables, columns
-and queries. A database keeps the variant it was created with.
+and queries. A database keeps the variant it was created with. On TimescaleDB the retention of
+bars_1m must outlast the rollups' refresh windows (`Retention.check_rollups`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from market_platform import settings
-from market_platform.errors import InvalidInputError, StorageError
+from market_platform.errors import ConfigError, InvalidInputError, StorageError
 from market_platform.storage.server import StoreConnection, redact
 
 VARIANTS = ("postgres", "timescale")
@@ -29,7 +31,20 @@ LIVE_TABLES = ("quotes", "trades", "bars_1m")
 #: Every table `status()` reports on.
 TABLES = (*LIVE_TABLES, "stream_stats", "stream_gaps", "dead_letters", "universe")
 MIN_SERVER_VERSION = 150000
-MIN_TIMESCALEDB = (2, 13)
+#: by_range() and time zones in continuous aggregates (2.13), the columnstore names (2.18).
+MIN_TIMESCALEDB = (2, 18)
+#: How far back the refresh policy of each TimescaleDB rollup reaches (its start_offset in
+#: sql/timescale/0041..0044). A refresh over minutes that retention dropped deletes their rollups,
+#: so bars_1m must be kept longer than the longest window: see `Retention.check_rollups`.
+ROLLUP_REFRESH_WINDOWS: dict[str, timedelta] = {
+    "bars_5m": timedelta(days=3),
+    "bars_15m": timedelta(days=3),
+    "bars_1h": timedelta(days=7),
+    "bars_1d": timedelta(days=30),
+}
+#: The longest window, plus a day for its oldest New York-day bucket (a retention policy drops
+#: whole 24-hour chunks) and a day for the policies running at different times.
+MIN_BARS_DAYS_WITH_ROLLUPS = max(ROLLUP_REFRESH_WINDOWS.values()).days + 2
 
 _INIT_LOCK = 0x6D70_7363_6865_6D61  # "mpschema": serialises concurrent init_schema() calls
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -51,6 +66,23 @@ class Retention:
 
     def by_table(self) -> dict[str, int]:
         return {"quotes": self.quotes_days, "trades": self.trades_days, "bars_1m": self.bars_days}
+
+    def check_rollups(self) -> None:
+        """Raise ConfigError when bars_1m would be dropped inside a rollup's refresh window.
+
+        On TimescaleDB the rollups are continuous aggregates, which keep their rows after the
+        minutes are dropped, until a refresh over those minutes deletes them; the refresh
+        policies look back up to 30 days (`ROLLUP_REFRESH_WINDOWS`), so bars_1m must be kept at
+        least `MIN_BARS_DAYS_WITH_ROLLUPS` days. (On plain PostgreSQL the rollups are views of
+        bars_1m and follow its retention.)"""
+        if self.bars_days < MIN_BARS_DAYS_WITH_ROLLUPS:
+            longest = max(ROLLUP_REFRESH_WINDOWS, key=ROLLUP_REFRESH_WINDOWS.__getitem__)
+            raise ConfigError(
+                f"Retention.bars_days={self.bars_days} (bars_retention_days of the tick_store resource) "
+                f"would drop minutes that the refresh of {longest} ({ROLLUP_REFRESH_WINDOWS[longest].days} days back) "
+                f"still covers, and TimescaleDB would delete their rollups: expected at least "
+                f"{MIN_BARS_DAYS_WITH_ROLLUPS} days"
+            )
 
 
 @dataclass(frozen=True)
@@ -167,7 +199,8 @@ class Schema:
             version = self.timescaledb_version(conn)
             if version is not None and tuple(int(p) for p in re.findall(r"\d+", version)[:2]) < MIN_TIMESCALEDB:
                 raise StorageError(
-                    f"the tick store at {redact(self._connection.url)} has TimescaleDB {version}: expected >= 2.13"
+                    f"the tick store at {redact(self._connection.url)} has TimescaleDB {version}: "
+                    f"expected >= {'.'.join(map(str, MIN_TIMESCALEDB))}"
                 )
 
     # -- schema ----------------------------------------------------------------------------
@@ -195,6 +228,8 @@ class Schema:
             self._variant = None
             variant = self.variant_of(conn)
             self._check_server(conn, variant)
+            if variant == "timescale":  # refused before anything is written
+                self._effective_retention(conn).check_rollups()
             applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
         done: list[str] = []
         for migration in migrations(variant, self.sql_root):
@@ -237,6 +272,15 @@ class Schema:
             (list(days), list(days.values())),
         )
         return cur.rowcount
+
+    def _effective_retention(self, conn: psycopg.Connection) -> Retention:
+        """This store's Retention, else the database's (the defaults where it has none yet)."""
+        if self.retention is not None:
+            return self.retention
+        if not conn.execute("SELECT to_regclass('retention_settings') IS NOT NULL").fetchone()[0]:
+            return Retention()
+        days = self.retention_days(conn)
+        return Retention(quotes_days=days["quotes"], trades_days=days["trades"], bars_days=days["bars_1m"])
 
     def retention_days(self, conn: psycopg.Connection) -> dict[str, int]:
         if self.retention is not None:

@@ -1,10 +1,11 @@
 """Reads from the tick store as Arrow tables: any SELECT (`read_arrow`), and bars of every
-timeframe (`read_bars`: bars_1m and its four rollups)."""
+timeframe (`read_bars`: bars_1m and its four rollups, refreshed first where minutes written
+behind their watermark are pending: see storage/refresh.py)."""
 
 from __future__ import annotations
 
 import io
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
@@ -15,15 +16,8 @@ from market_platform.errors import InvalidInputError
 from market_platform.schemas import SCHEMAS
 from market_platform.storage.maintenance import aware
 from market_platform.storage.migrations import Schema
+from market_platform.storage.refresh import ROLLUPS, Refresher
 from market_platform.storage.server import StoreConnection
-
-#: Rollup timeframes: relation name and bucket width.
-ROLLUPS: dict[str, tuple[str, timedelta]] = {
-    "5m": ("bars_5m", timedelta(minutes=5)),
-    "15m": ("bars_15m", timedelta(minutes=15)),
-    "1h": ("bars_1h", timedelta(hours=1)),
-    "1d": ("bars_1d", timedelta(days=1)),
-}
 
 #: Arrow type of every column name the schemas define (they agree where names repeat).
 _SCHEMA_TYPES: dict[str, pa.DataType] = {f.name: f.type for s in SCHEMAS.values() for f in s}
@@ -73,9 +67,10 @@ def _csv_to_arrow(data: bytes, description: Sequence[Any]) -> pa.Table:
 class Reads:
     """The readers of the database behind `connection`."""
 
-    def __init__(self, connection: StoreConnection, schema: Schema) -> None:
+    def __init__(self, connection: StoreConnection, schema: Schema, refresher: Refresher) -> None:
         self._connection = connection
         self._schema = schema
+        self._refresher = refresher
 
     def read_arrow(self, query: sql.Composable | str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pa.Table:
         """The rows of a SELECT as an Arrow table, moved with COPY (CSV) and parsed by Arrow.
@@ -105,7 +100,10 @@ class Reads:
         symbols: Sequence[str] | None = None,
     ) -> pa.Table:
         """Bars of `timeframe` ("1m", "5m", "15m", "1h", "1d") whose start is in [start, end),
-        ordered by symbol and ts. Rollups have no source column (they span all sources)."""
+        ordered by symbol and ts. Rollups have no source column (they span all sources).
+
+        A rollup's buckets in the window that minutes written behind its watermark left stale
+        are refreshed first (`refresh_rollups`, storage/refresh.py)."""
         aware(start, "start"), aware(end, "end")
         if end <= start:
             raise InvalidInputError(f"end={end} is not after start={start}")
@@ -117,6 +115,7 @@ class Reads:
             ).format(symbol_filter)
         elif timeframe in ROLLUPS:
             name, width = ROLLUPS[timeframe]
+            self._refresher.refresh(rollups=[name], start=start, end=end)
             if self._schema.variant() == "postgres":  # the function prunes bars_1m's partitions; the view cannot
                 params["width"] = width
                 query = sql.SQL(

@@ -178,13 +178,13 @@ class StoreConnection:
         self._conn: psycopg.Connection | None = None
         self.staged: set[str] = set()  # temp staging tables on the current connection
 
-    def connect(self) -> psycopg.Connection:
-        """A new connection (autocommit off) that the caller owns and closes.
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection:
+        """A new connection (autocommit off unless asked) that the caller owns and closes.
 
         Raises DatabaseUnavailableError, one line with the password redacted, when the server
         cannot be reached.
         """
-        return _connect(self.url, timeout=self._timeout)
+        return _connect(self.url, autocommit=autocommit, timeout=self._timeout)
 
     def close(self) -> None:
         """Close the store's own connection (the next call opens a new one)."""

@@ -8,7 +8,10 @@
   `sql/` and the retention settings (`Schema`);
 - `writers.py`: the COPY write path of quotes, trades, bars and universe snapshots, and the
   stream's bookkeeping (stream_stats, stream_gaps, dead_letters) (`Writers`);
-- `maintenance.py`: day partitions ahead, retention, and `status()` (`Maintenance`);
+- `refresh.py`: which rollup buckets minutes written behind their watermark left stale, and
+  their refresh (`Refresher`: `refresh_rollups`);
+- `maintenance.py`: day partitions ahead, retention, the rollup refresh, and `status()`
+  (`Maintenance`);
 - `reads.py`: `read_arrow` and `read_bars` (`Reads`).
 
 Each module's docstring tells its part. Connections: a `TickStore` keeps one connection,
@@ -24,14 +27,17 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from market_platform.errors import InvalidInputError
 from market_platform.schemas import KEYS
-from market_platform.storage.maintenance import Maintenance
+from market_platform.storage.maintenance import Maintenance, aware
 from market_platform.storage.migrations import (
     LIVE_TABLES,
+    MIN_BARS_DAYS_WITH_ROLLUPS,
     MIN_SERVER_VERSION,
     MIN_TIMESCALEDB,
+    ROLLUP_REFRESH_WINDOWS,
     TABLES,
     VARIANTS,
     Migration,
@@ -39,7 +45,8 @@ from market_platform.storage.migrations import (
     Schema,
     migrations,
 )
-from market_platform.storage.reads import ROLLUPS, Reads
+from market_platform.storage.reads import Reads
+from market_platform.storage.refresh import ROLLUPS, Refresher
 from market_platform.storage.server import (
     EMBEDDED_DATABASE,
     StoreConnection,
@@ -55,8 +62,9 @@ from market_platform.storage.server import (
 from market_platform.storage.writers import Writers
 
 __all__ = [
-    "EMBEDDED_DATABASE", "KEYS", "LIVE_TABLES", "MIN_SERVER_VERSION", "MIN_TIMESCALEDB", "ROLLUPS",
-    "TABLES", "VARIANTS", "Migration", "Retention", "TickStore", "create_database",
+    "EMBEDDED_DATABASE", "KEYS", "LIVE_TABLES", "MIN_BARS_DAYS_WITH_ROLLUPS", "MIN_SERVER_VERSION",
+    "MIN_TIMESCALEDB", "ROLLUPS", "ROLLUP_REFRESH_WINDOWS", "TABLES", "VARIANTS", "Migration", "Retention",
+    "TickStore", "create_database",
     "dagster_storage_url", "database_url", "drop_database", "init_database", "migrations", "redact",
     "start_embedded", "stop_embedded",
 ]
@@ -78,6 +86,8 @@ class TickStore:
 
     `retention=None` keeps the retention the database has (the `Retention` defaults on a new
     one); a `Retention` given here is written by `init_schema()` and applied from then on.
+    `skip_stored` says when deduplicating writes read what is stored before inserting (see
+    `Writers`: by default where the batch meets compressed chunks).
     """
 
     def __init__(
@@ -87,12 +97,14 @@ class TickStore:
         retention: Retention | None = None,
         sql_root: Path | None = None,
         connect_timeout: float = 5,
+        skip_stored: str = "compressed",
     ) -> None:
         self._connection = StoreConnection(_validated(url, "url"), timeout=connect_timeout)
         self._schema = Schema(self._connection, retention=retention, sql_root=sql_root)
-        self._maintenance = Maintenance(self._connection, self._schema)
-        self._writers = Writers(self._connection, self._schema, self._maintenance)
-        self._reads = Reads(self._connection, self._schema)
+        self._refresher = Refresher(self._connection, self._schema)
+        self._maintenance = Maintenance(self._connection, self._schema, self._refresher)
+        self._writers = Writers(self._connection, self._schema, self._maintenance, skip_stored=skip_stored)
+        self._reads = Reads(self._connection, self._schema, self._refresher)
 
     @property
     def url(self) -> str:
@@ -129,6 +141,30 @@ class TickStore:
 
     maintain = _delegate("_maintenance", Maintenance.maintain)
     status = _delegate("_maintenance", Maintenance.status)
+
+    pending_rollups = _delegate("_refresher", Refresher.pending)
+
+    def refresh_rollups(
+        self,
+        *,
+        now: datetime | None = None,
+        timeframes: Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Refresh the rollup buckets that minutes written behind their watermark left stale,
+        of `timeframes` (default all of "5m", "15m", "1h", "1d") and within [start, end)
+        (default all time); see storage/refresh.py. Returns {"refreshed", "deferred":
+        [{"rollup", "day", "start", "end"}]}: deferred ranges are open buckets, served by
+        real-time aggregation until they close."""
+        for name, value in (("start", start), ("end", end)):
+            if value is not None:
+                aware(value, name)
+        unknown = sorted(set(timeframes or ()) - set(ROLLUPS))
+        if unknown:
+            raise InvalidInputError(f"unknown timeframes {unknown}: expected any of {', '.join(ROLLUPS)}")
+        rollups = [ROLLUPS[t][0] for t in timeframes] if timeframes is not None else None
+        return self._refresher.refresh(now=now, rollups=rollups, start=start, end=end).report()
 
     write_quotes = _delegate("_writers", Writers.write_quotes)
     write_trades = _delegate("_writers", Writers.write_trades)

@@ -3,12 +3,17 @@
 
 Writes: Arrow tables in the schemas of `market_platform.schemas`, sent with binary COPY built
 from the Arrow buffers (`pgbinary`), through a temporary staging table where duplicates are
-possible, so writes are idempotent by natural key. Timestamps keep microseconds (PostgreSQL's
-precision); the nanoseconds of Arrow timestamps are truncated.
+possible, so writes are idempotent by natural key. Where the batch's range meets compressed
+chunks (TimescaleDB's columnstore), the staged rows stored already are dropped first, so nothing
+stored is decompressed (`Writers`, `skip_stored`). Bars record the minutes they insert or change
+in rollup_dirty, in the same transaction, for the rollups' refresh (storage/refresh.py).
+Timestamps keep microseconds (PostgreSQL's precision); the nanoseconds of Arrow timestamps are
+truncated.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
@@ -23,6 +28,7 @@ from market_platform.schemas import BARS, KEYS, QUOTES, TRADES, UNIVERSE, confor
 from market_platform.storage import pgbinary
 from market_platform.storage.maintenance import Maintenance, aware
 from market_platform.storage.migrations import LIVE_TABLES, Schema
+from market_platform.storage.refresh import note_changes_sql
 from market_platform.storage.server import StoreConnection, one_line
 
 UTC = timezone.utc
@@ -43,6 +49,12 @@ def _keep_last(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     return table.take(np.sort(last.to_numpy()))  # keeps the batch's order
 
 
+def _time_range(table: pa.Table) -> tuple[datetime, datetime]:
+    """The first and last ts of `table`, at PostgreSQL's precision (microseconds)."""
+    bounds = pc.min_max(pc.cast(table.column("ts"), pa.timestamp("us", "UTC"), safe=False))
+    return bounds["min"].as_py(), bounds["max"].as_py()
+
+
 def _duplicate_keys(table: pa.Table, keys: Sequence[str]) -> list[dict[str, Any]]:
     counts = table.select(list(keys)).group_by(list(keys)).aggregate([([], "count_all")])
     return counts.filter(pc.greater(counts.column("count_all"), 1)).select(list(keys)).to_pylist()
@@ -60,13 +72,37 @@ def _escape_nul(value: Any) -> Any:
     return value
 
 
-class Writers:
-    """The writers of the database behind `connection`; day partitions come from `maintenance`."""
+#: The natural key of each live table (schemas.KEYS by table name).
+_TABLE_KEYS = {"quotes": KEYS["quotes"], "trades": KEYS["trades"], "bars_1m": KEYS["bars"]}
+#: How long the compressed chunk ranges of a hypertable are trusted before they are read again.
+_COMPRESSED_TTL_S = 60.0
+SKIP_STORED = ("compressed", "always", "never")
 
-    def __init__(self, connection: StoreConnection, schema: Schema, maintenance: Maintenance) -> None:
+
+class Writers:
+    """The writers of the database behind `connection`; day partitions come from `maintenance`.
+
+    `skip_stored` says when a deduplicating write (quotes, trades, bars) first drops the rows of
+    its batch already stored unchanged, reading the keys of the batch's time range, before it
+    inserts: "compressed" (default) when that range meets a compressed (columnstore) chunk on
+    TimescaleDB, "always", or "never". An INSERT ... ON CONFLICT that meets a stored key in a
+    compressed chunk decompresses the key's batch into the row store, even when it then changes
+    nothing; reading compares in memory and moves nothing. Uncompressed data keeps the plain
+    ON CONFLICT path, whose rates benchmarks/copy_throughput.py tracks (on plain PostgreSQL,
+    benchmarks/redelivered_quotes.py finds reading first no slower, and faster when the whole
+    batch is stored already).
+    """
+
+    def __init__(
+        self, connection: StoreConnection, schema: Schema, maintenance: Maintenance, *, skip_stored: str = "compressed"
+    ) -> None:
+        if skip_stored not in SKIP_STORED:
+            raise InvalidInputError(f"skip_stored={skip_stored!r}: expected one of {', '.join(SKIP_STORED)}")
         self._connection = connection
         self._schema = schema
         self._maintenance = maintenance
+        self.skip_stored = skip_stored
+        self._compressed: dict[str, tuple[float, list[tuple[datetime, datetime]]]] = {}
 
     def write_quotes(self, table: pa.Table, *, dedupe: bool = True) -> int:
         """Insert quotes (schemas.QUOTES); returns the rows inserted.
@@ -87,7 +123,8 @@ class Writers:
 
         A bar whose (symbol, ts, source) exists is replaced when any value differs (a late
         correction) and left alone when equal, so a rerun returns 0. Within the batch the last
-        row of a key wins.
+        row of a key wins. The minutes inserted or changed are recorded in rollup_dirty in the
+        same transaction, for `refresh_rollups()` (see storage/refresh.py).
         """
         bars = _keep_last(conform(table, BARS), KEYS["bars"])
         return self._write("bars_1m", bars, "upsert")
@@ -110,13 +147,15 @@ class Writers:
         if table.num_rows == 0:
             return 0
         with self._connection.session() as conn:
-            partitioned = target in LIVE_TABLES and self._schema.variant_of(conn) == "postgres"
+            variant = self._schema.variant_of(conn)
+            partitioned = target in LIVE_TABLES and variant == "postgres"
+            skip = mode in ("ignore", "upsert") and self._skips(conn, variant, target, table)
             for attempt in (1, 2):
                 if partitioned:
                     self._maintenance.ensure_partitions(conn, target, table.column("ts"))
                 try:
                     with conn.transaction():
-                        return self._copy_into(conn, target, table, mode)
+                        return self._copy_into(conn, target, table, mode, skip)
                 except psycopg.errors.CheckViolation as exc:
                     # A partition this store had seen was dropped since (maintain() elsewhere).
                     if attempt == 2 or not partitioned or "no partition" not in str(exc):
@@ -125,6 +164,29 @@ class Writers:
                 except psycopg.errors.UniqueViolation as exc:
                     raise InvalidInputError(f"{target}: a row's key is stored already: {one_line(exc)}") from None
         raise AssertionError("unreachable")
+
+    def _skips(self, conn: psycopg.Connection, variant: str, target: str, table: pa.Table) -> bool:
+        """Whether this write drops the rows already stored first (see the class docstring)."""
+        if self.skip_stored != "compressed":
+            return self.skip_stored == "always"
+        if variant != "timescale":
+            return False
+        low, high = _time_range(table)
+        return any(start <= high and end > low for start, end in self._compressed_ranges(conn, target))
+
+    def _compressed_ranges(self, conn: psycopg.Connection, target: str) -> list[tuple[datetime, datetime]]:
+        """The time ranges of `target`'s compressed chunks, read at most every minute: a chunk
+        compressed since only makes a write take the slower path, never a wrong one."""
+        checked, ranges = self._compressed.get(target, (float("-inf"), []))
+        if time.monotonic() - checked > _COMPRESSED_TTL_S:
+            with conn.transaction():
+                ranges = [tuple(row) for row in conn.execute(
+                    "SELECT range_start, range_end FROM timescaledb_information.chunks "
+                    "WHERE hypertable_schema = current_schema() AND hypertable_name = %s AND is_compressed",
+                    (target,),
+                ).fetchall()]
+            self._compressed[target] = (time.monotonic(), ranges)
+        return ranges
 
     def _stage(self, conn: psycopg.Connection, target: str) -> sql.Identifier:
         name = f"_stage_{target}"
@@ -148,12 +210,33 @@ class Writers:
                 copy.write(chunk)
         return columns, cur.rowcount
 
-    def _copy_into(self, conn: psycopg.Connection, target: str, table: pa.Table, mode: str) -> int:
+    @staticmethod
+    def _drop_stored(conn: psycopg.Connection, target: str, stage: sql.Identifier, table: pa.Table, mode: str) -> None:
+        """Delete from the staging table the rows `target` holds already (unchanged, for an
+        upsert), reading only the batch's time range of `target` (its constant bounds let the
+        planner skip every other partition or chunk)."""
+        keys = _TABLE_KEYS[target]
+        same = [sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(k)) for k in keys]
+        if mode == "upsert":
+            values = [sql.Identifier(c) for c in table.column_names if c not in keys]
+            same.append(sql.SQL("({}) IS NOT DISTINCT FROM ({})").format(
+                sql.SQL(", ").join(sql.SQL("t.{}").format(v) for v in values),
+                sql.SQL(", ").join(sql.SQL("s.{}").format(v) for v in values),
+            ))
+        low, high = _time_range(table)
+        conn.execute(sql.SQL("DELETE FROM {s} AS s USING {t} AS t WHERE t.ts >= {low} AND t.ts <= {high} AND {same}").format(
+            s=stage, t=sql.Identifier(target), low=sql.Literal(low), high=sql.Literal(high),
+            same=sql.SQL(" AND ").join(same),
+        ))
+
+    def _copy_into(self, conn: psycopg.Connection, target: str, table: pa.Table, mode: str, skip: bool) -> int:
         into = sql.Identifier(target)
         if mode == "append":
             return self._copy(conn, into, table)[1]
         stage = self._stage(conn, target)
         columns, _ = self._copy(conn, stage, table)
+        if skip:
+            self._drop_stored(conn, target, stage, table, mode)
         insert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(into, columns, columns, stage)
         if mode == "ignore":
             return conn.execute(insert + sql.SQL(" ON CONFLICT DO NOTHING")).rowcount
@@ -161,14 +244,14 @@ class Writers:
             keys = KEYS["bars"]
             values = [sql.Identifier(name) for name in table.column_names if name not in keys]
             update = sql.SQL(
-                " ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new})"
+                " ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new}) RETURNING ts"
             ).format(
                 keys=sql.SQL(", ").join(map(sql.Identifier, keys)),
                 sets=sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(v, v) for v in values),
                 old=sql.SQL(", ").join(sql.SQL("{}.{}").format(into, v) for v in values),
                 new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(v) for v in values),
             )
-            return conn.execute(insert + update).rowcount
+            return conn.execute(note_changes_sql(insert + update)).fetchone()[0]
         if mode == "replace":
             conn.execute(
                 sql.SQL(
