@@ -338,7 +338,7 @@ class LostTask:
 
 
 def test_a_step_whose_workers_keep_dying_is_resent_then_fails_naming_them():
-    from market_platform.defs.executor import MAX_SUBMISSIONS, WatchedResult
+    from market_platform.workers import MAX_SUBMISSIONS, WatchedResult
     from market_platform.errors import WorkerLostError
 
     sent: list[LostTask] = []

@@ -31,10 +31,11 @@ def worker(queues: str | None, concurrency: int) -> None:
                           "use, e.g. redis://host:6379/0")
     settings.check_shared_state()  # before the heavy imports: a refusal comes at once
 
-    from market_platform.defs.executor import broker_url, celery_app, check_broker, queue
+    from market_platform.defs.executor import broker_url, check_broker, queue
     from market_platform.sources.vendor import redact_url
     from market_platform.storage.lake import Lake
     from market_platform.storage.timescale import TickStore, database_url
+    from market_platform.workers import celery_app
 
     names = [q.strip() for q in (queues or queue()).split(",") if q.strip()]
     if not names:
@@ -62,8 +63,9 @@ def worker(queues: str | None, concurrency: int) -> None:
 
 def print_workers() -> None:
     """`status --workers`: one line per live worker (Celery's inspect over the broker)."""
-    from market_platform.defs.executor import broker_url, celery_app, check_broker, live_workers
+    from market_platform.defs.executor import broker_url, check_broker, live_workers
     from market_platform.sources.vendor import redact_url
+    from market_platform.workers import celery_app
 
     url = broker_url()
     check_broker(url)
