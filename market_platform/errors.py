@@ -7,6 +7,8 @@
     │   ├── UnknownDatasetError      a lake dataset that is not defined
     │   ├── UnknownSymbolError       a ticker the vendor does not list
     │   └── NotEnoughHistoryError    a model asked to learn from sessions that are not stored
+    ├── BrokerUnavailableError       the Celery broker (Redis) of the workers cannot be reached
+    ├── WorkerLostError              a Celery worker died while running a step, every time it was sent
     ├── StorageError
     │   ├── DatabaseUnavailableError the tick store cannot be reached
     │   ├── LakeError                a lake read or write failed
@@ -48,6 +50,14 @@ class UnknownSymbolError(InvalidInputError):
 
 class NotEnoughHistoryError(InvalidInputError):
     """Too few earlier sessions are stored to fit a model for the session asked for."""
+
+
+class BrokerUnavailableError(MarketPlatformError):
+    """The Redis of the Celery workers (broker, results, shared rate limits) cannot be reached."""
+
+
+class WorkerLostError(MarketPlatformError):
+    """A step's Celery worker stopped (killed, its machine lost) before the step ended."""
 
 
 class StorageError(MarketPlatformError):

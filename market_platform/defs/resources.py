@@ -132,7 +132,8 @@ class VendorsResource(dg.ConfigurableResource):
     `market_platform.history.vendors`). Sessions older than `flatfiles_after_days` come from the
     Flat Files; `provider` picks the REST and reference-data vendor (auto, polygon, alpaca). Rate
     limits are calls per `rate_period_seconds` (a minute, as plans state them), spaced by
-    `rate_margin_seconds` more (default 1% of the period) for the network's jitter."""
+    `rate_margin_seconds` more (default 1% of the period) for the network's jitter; with
+    `celery_broker_url` (the workers' Redis) they hold for all workers together."""
 
     polygon_api_key: Optional[str] = None
     polygon_base_url: Optional[str] = None
@@ -147,6 +148,7 @@ class VendorsResource(dg.ConfigurableResource):
     alpaca_data_url: Optional[str] = None
     alpaca_trading_url: Optional[str] = None
     alpaca_rate_limit: Optional[int] = None
+    celery_broker_url: Optional[str] = None
     provider: str = "auto"
     flatfiles_after_days: int = DEFAULT_FLATFILES_AFTER_DAYS
     workers: int = 8
@@ -175,6 +177,7 @@ class VendorsResource(dg.ConfigurableResource):
                 settings.ALPACA_DATA_URL_VAR: self.alpaca_data_url,
                 settings.ALPACA_TRADING_URL_VAR: self.alpaca_trading_url,
                 settings.ALPACA_RATE_LIMIT_VAR: self.alpaca_rate_limit,
+                settings.CELERY_BROKER_URL_VAR: self.celery_broker_url,
             }
             market = self.market or SimMarketResource()
             self._vendors = Vendors.from_env(
@@ -203,6 +206,7 @@ VENDOR_FIELDS = {
     "alpaca_data_url": settings.ALPACA_DATA_URL_VAR,
     "alpaca_trading_url": settings.ALPACA_TRADING_URL_VAR,
     "alpaca_rate_limit": settings.ALPACA_RATE_LIMIT_VAR,
+    "celery_broker_url": settings.CELERY_BROKER_URL_VAR,
 }
 
 
