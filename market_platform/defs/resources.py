@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import PrivateAttr
 
 from market_platform import settings
+from market_platform.defs.snapshots.resources import SnapshotQueueResource
 from market_platform.defs.streaming.resources import AlpacaStreamResource
 from market_platform.history.vendors import DEFAULT_FLATFILES_AFTER_DAYS, Vendors
 from market_platform.sources.sim import SimMarket
@@ -106,17 +107,19 @@ class AlertsResource(dg.ConfigurableResource):
     def rules_path(self) -> str:
         return self.rules_file or str(settings.home() / "alerts.yaml")
 
-    def alerter(self, store: TickStore):
-        """An `analytics.alerts.Alerter` on `store`, or None when the rules file does not exist."""
+    def alerter(self, store: TickStore, *, builtin: Sequence = ()):
+        """An `analytics.alerts.Alerter` on `store` with the rules file's rules and the `builtin`
+        ones (e.g. feed health's silent_stall), or None when there are none."""
         from pathlib import Path
 
         from market_platform.analytics.alerts import Alerter, load_rules
 
-        if not Path(self.rules_path()).exists():
+        rules = [*builtin, *(load_rules(self.rules_path()) if Path(self.rules_path()).exists() else [])]
+        if not rules:
             return None
         return Alerter(
             store,
-            load_rules(self.rules_path()),
+            rules,
             json_file=self.json_file or str(settings.home() / "alerts.jsonl"),
             webhook_url=self.webhook_url,
         )
@@ -257,6 +260,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             stream_url=env_var("ALPACA_STREAM_URL"),
             data_url=env_var("ALPACA_DATA_URL"),
         ),
+        "snapshot_queue": SnapshotQueueResource(url=env_var("MARKET_SNAPSHOT_QUEUE_URL")),
         "alerts": AlertsResource(
             rules_file=env_var("MARKET_ALERTS_FILE"),
             json_file=env_var("MARKET_ALERTS_JSON"),

@@ -19,6 +19,7 @@ requests a symbol with no bars is looked up in the assets (404 -> UnknownSymbolE
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -222,6 +223,27 @@ class AlpacaSource:
         if unknown:
             raise UnknownSymbolError(f"Alpaca has no asset {', '.join(unknown)}: expected symbols Alpaca lists "
                                      "(stocks like AAPL, crypto pairs like BTC/USD)")
+
+    def snapshot_raw(self, symbols: Sequence[str]) -> Iterator[tuple[list[str], bytes]]:
+        """Alpaca's snapshots of `symbols` (stocks and crypto pairs), `symbols_per_request` at a
+        time: per request, its symbols and the response as JSON (the map alpaca-py returns with
+        raw_data, symbol -> latestTrade, latestQuote, minuteBar, dailyBar, prevDailyBar), each
+        yielded as soon as it arrives."""
+        from alpaca.data.enums import DataFeed
+        from alpaca.data.requests import CryptoSnapshotRequest, StockSnapshotRequest
+
+        names = symbol_list(symbols)
+        for kind in ("stocks", "crypto"):
+            wanted = [s for s in names if sym.is_crypto(s) == (kind == "crypto")]
+            for i in range(0, len(wanted), self.symbols_per_request):
+                chunk = wanted[i:i + self.symbols_per_request]
+                with self._mapped(f"snapshots of {', '.join(chunk[:5])}{'...' if len(chunk) > 5 else ''}"):
+                    if kind == "crypto":
+                        raw = self._crypto.get_crypto_snapshot(CryptoSnapshotRequest(symbol_or_symbols=chunk))
+                    else:
+                        raw = self._stocks.get_stock_snapshot(StockSnapshotRequest(
+                            symbol_or_symbols=chunk, feed=DataFeed(self.feed)))
+                yield chunk, json.dumps(raw, separators=(",", ":")).encode()
 
     # ----------------------------------------------------------------------- reference
 

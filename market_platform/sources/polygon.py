@@ -69,6 +69,9 @@ CATEGORY_QUERIES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "indices": (("indices", None),),
 }
 
+#: Markets of the whole-market snapshot.
+SNAPSHOT_MARKETS = ("stocks", "crypto")
+
 SymbolCallback = Callable[[str, pa.Table], None]
 
 
@@ -278,6 +281,15 @@ class PolygonSource:
                 })
         table = pa.Table.from_pylist(rows, schema=BARS) if rows else BARS.empty_table()
         return table.sort_by([("symbol", "ascending"), ("ts", "ascending")])
+
+    def snapshot_raw(self, market: str = "stocks") -> bytes:
+        """The body of Polygon's whole-market snapshot of `market` (stocks, crypto) exactly as
+        it arrived: JSON with `tickers` (see PROTOCOLS.md C4), for the snapshot queue."""
+        if market not in SNAPSHOT_MARKETS:
+            raise InvalidInputError(f"snapshot market {market!r}: expected one of {', '.join(SNAPSHOT_MARKETS)}")
+        with self._mapped(f"the {market} snapshot"):
+            # A string, not SnapshotMarketType: the client builds a wrong path from the enum.
+            return self._client.get_snapshot_all(market, raw=True).data
 
     def market_status(self) -> str:
         """"open", "extended-hours" or "closed", as Polygon reports the US market now."""
