@@ -11,7 +11,10 @@ Backfills) with its runs, whichever way it runs:
   partition marked requested (so a daemon started meanwhile would only watch it), then executes
   the runs here, one per ten sessions (the assets' backfill policy), each tagged
   `dagster/backfill=<id>`, and keeps the backfill's materialized and failed partitions and its
-  final status up to date.
+  final status up to date. With a Celery broker set, each run's steps execute on the workers
+  (`defs.executor`) while this process orchestrates the run; the runs still go one after the
+  other (Dagster's run execution is not thread-safe: concurrent runs need a process each, which
+  the daemon gives them).
 
 Either way a run is resumable: kill it, launch again, and the new runs fetch only what the
 killed one had not staged (`history.bars`). A backfill whose process was killed cannot record its
@@ -40,7 +43,8 @@ from dagster._core.execution.backfill import (
 )
 from dagster._core.utils import make_new_backfill_id
 
-from market_platform import calendar, errors
+from market_platform import calendar, errors, settings
+from market_platform.defs.executor import execute_assets
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
@@ -183,16 +187,16 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
     data = data.replace_requested_subset(data.target_subset).with_requested_runs_for_target_roots(True)
     backfill = backfill.with_asset_backfill_data(data, instance, graph)
     instance.add_backfill(backfill)
-    job = definitions.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys))
-    outcome = Outcome(backfill.backfill_id, "in-process", len(set(sessions)))
+    outcome = Outcome(backfill.backfill_id, "in-process" if settings.celery_broker_url() is None else "celery",
+                      len(set(sessions)))
     materialized: set[AssetKeyPartitionKey] = set()
     failed: set[AssetKeyPartitionKey] = set()
     try:
         for chunk in runs_of(sessions):
             wanted = {AssetKeyPartitionKey(k, d.isoformat()) for k in keys for d in chunk}
-            result = job.execute_in_process(
+            result = execute_assets(
+                definitions, keys, instance=instance,
                 run_config={**run_config, **({"loggers": logging_config} if logging_config else {})},
-                instance=instance, raise_on_error=False,
                 tags={**tags, BACKFILL_TAG: backfill.backfill_id,
                       RANGE_START: chunk[0].isoformat(), RANGE_END: chunk[-1].isoformat()},
             )
@@ -220,9 +224,13 @@ def run_here(instance: dg.DagsterInstance, definitions: dg.Definitions, keys: li
 def _first_error(result: Any):
     """The innermost error (a SerializableErrorInfo) of a failed in-process run's first failed step."""
     failures = [event for event in result.all_events if event.is_step_failure]
-    if not failures:
-        return None
-    error = failures[0].step_failure_data.error
+    if failures:
+        error = failures[0].step_failure_data.error
+    else:  # the executor failed the run itself, e.g. a step whose workers kept dying
+        error = next((e.event_specific_data.error for e in result.all_events
+                      if e.is_run_failure and getattr(e.event_specific_data, "error", None) is not None), None)
+        if error is None:
+            return None
     while error.cause is not None:
         error = error.cause
     return error

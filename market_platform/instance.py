@@ -4,14 +4,22 @@
 loads, the same way the platform resolves its own: MARKET_DB_URL, or the embedded server under
 MARKET_PLATFORM_HOME (started if needed). No URL, and so no password, is ever written into the
 instance's config, which Dagster serializes into run workers' command lines.
+
+The local directories (step stdout/stderr, artifacts) are resolved the same way, under the loading
+process's own `$MARKET_PLATFORM_HOME/dagster`: a Celery worker on another machine, which loads the
+launcher's instance from its serialized config, writes to its own disk, never to a path that only
+exists on the launcher's.
 """
 
 from __future__ import annotations
 
 import dagster as dg
+from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+from dagster._core.storage.root import LocalArtifactStorage
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 
+from market_platform import settings
 from market_platform.storage.timescale import dagster_storage_url
 
 
@@ -29,3 +37,28 @@ class PlatformStorage(DagsterPostgresStorage):
             should_autocreate_tables=config_value.get("should_autocreate_tables", True),
             inst_data=inst_data,
         )
+
+
+class _UnderThisMachinesHome:
+    """A local directory of the instance, resolved under `$MARKET_PLATFORM_HOME/dagster/<subdir>`
+    of the machine that loads the instance, never taken from its serialized config."""
+
+    subdir = ""
+
+    @classmethod
+    def config_type(cls):
+        return {}
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value):
+        return cls(str(settings.dagster_home() / cls.subdir), inst_data=inst_data)
+
+
+class PlatformComputeLogManager(_UnderThisMachinesHome, LocalComputeLogManager):
+    """Steps' stdout and stderr under this machine's `$MARKET_PLATFORM_HOME/dagster/storage`."""
+
+    subdir = "storage"
+
+
+class PlatformArtifactStorage(_UnderThisMachinesHome, LocalArtifactStorage):
+    """Dagster's local artifacts under this machine's `$MARKET_PLATFORM_HOME/dagster`."""

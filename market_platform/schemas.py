@@ -114,15 +114,70 @@ PROGRESS = pa.schema(
     ]
 )
 
+#: One row per symbol and minute polled from a vendor's whole-market snapshot (the tick store's
+#: `market_snapshots`): the last trade and quote, the day so far, the last completed minute bar (`min_*`,
+#: starting at `min_ts`), the previous session's close and the change from it, the vendor's
+#: `updated` time, and `inserted_at` (set by the database). Missing values (no trade yet today,
+#: a plan without quotes) are nulls, never zeros.
+SNAPSHOTS = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("minute", TS, nullable=False),  # the minute polled
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("last_price", pa.float64()),
+        pa.field("last_size", pa.float64()),
+        pa.field("last_trade_ts", TS),
+        pa.field("bid_price", pa.float64()),
+        pa.field("bid_size", pa.float64()),
+        pa.field("ask_price", pa.float64()),
+        pa.field("ask_size", pa.float64()),
+        pa.field("quote_ts", TS),
+        pa.field("day_open", pa.float64()),
+        pa.field("day_high", pa.float64()),
+        pa.field("day_low", pa.float64()),
+        pa.field("day_close", pa.float64()),
+        pa.field("day_volume", pa.float64()),
+        pa.field("day_vwap", pa.float64()),
+        pa.field("min_ts", TS),
+        pa.field("min_open", pa.float64()),
+        pa.field("min_high", pa.float64()),
+        pa.field("min_low", pa.float64()),
+        pa.field("min_close", pa.float64()),
+        pa.field("min_volume", pa.float64()),
+        pa.field("min_vwap", pa.float64()),
+        pa.field("prev_close", pa.float64()),
+        pa.field("change", pa.float64()),
+        pa.field("change_pct", pa.float64()),  # percent: 1.5 means +1.5%
+        pa.field("updated", TS),
+        pa.field("inserted_at", TS),
+    ]
+)
+
+#: Silent stalls of the live stream found by feed health (one per symbol and stretch of minutes
+#: it traded by the snapshots with no live bar while the stream was connected), as alert rules
+#: see them: `ts` is the first silent minute, `silent_minutes` the traded minutes with no bar.
+STREAM_STALLS = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("end_ts", TS, nullable=False),
+        pa.field("stream", pa.string(), nullable=False),
+        pa.field("gap_id", pa.int64(), nullable=False),
+        pa.field("silent_minutes", pa.int64(), nullable=False),
+    ]
+)
+
 #: Columns that identify a row; writers deduplicate on them.
 KEYS: dict[str, tuple[str, ...]] = {
     "bars": ("symbol", "ts", "source"),
     "quotes": ("symbol", "ts", "seq"),
     "trades": ("symbol", "ts", "exchange", "trade_id"),
     "universe": ("snapshot_date", "category", "symbol"),
+    "snapshots": ("symbol", "minute", "source"),
 }
 
-SCHEMAS: dict[str, pa.Schema] = {"bars": BARS, "quotes": QUOTES, "trades": TRADES, "universe": UNIVERSE}
+SCHEMAS: dict[str, pa.Schema] = {"bars": BARS, "quotes": QUOTES, "trades": TRADES, "universe": UNIVERSE,
+                                  "snapshots": SNAPSHOTS}
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -6,6 +6,14 @@
 | MARKET_DB_URL          | PostgreSQL/TimescaleDB URL of the tick store | an embedded server under the home |
 | MARKET_LAKE_URL        | Parquet lake root: a path or s3://bucket/pfx | $MARKET_PLATFORM_HOME/lake       |
 
+Scale-out (read by `defs.executor`, the `worker` command and the vendors' rate limiters):
+
+| variable               | meaning                                      | default                          |
+| ---------------------- | -------------------------------------------- | -------------------------------- |
+| MARKET_CELERY_BROKER_URL | Redis of the Celery workers (broker, results, shared rate limits) | unset: steps run in the launching process |
+| MARKET_CELERY_QUEUE    | the queue the platform's steps go to         | dagster                          |
+| MARKET_CELERY_SINGLE_HOST | 1: launcher and workers share this machine's disk (embedded database, local lake allowed) | unset |
+
 Vendors (read by the adapters' `from_env` and the `vendors` Dagster resource, never at import; with no
 vendor key at all, the platform's replay servers of the simulated market start on loopback instead):
 
@@ -27,11 +35,15 @@ vendor key at all, the platform's replay servers of the simulated market start o
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 HOME_VAR = "MARKET_PLATFORM_HOME"
 DB_URL_VAR = "MARKET_DB_URL"
 LAKE_URL_VAR = "MARKET_LAKE_URL"
+CELERY_BROKER_URL_VAR = "MARKET_CELERY_BROKER_URL"
+CELERY_QUEUE_VAR = "MARKET_CELERY_QUEUE"
+CELERY_SINGLE_HOST_VAR = "MARKET_CELERY_SINGLE_HOST"
 
 POLYGON_API_KEY_VAR = "POLYGON_API_KEY"
 POLYGON_BASE_URL_VAR = "POLYGON_BASE_URL"
@@ -60,6 +72,36 @@ def home() -> Path:
 
 def lake_url() -> str:
     return os.environ.get(LAKE_URL_VAR) or str(home() / "lake")
+
+
+def celery_broker_url() -> str | None:
+    """The Redis URL of the Celery workers, or None: steps then run in the launching process."""
+    return os.environ.get(CELERY_BROKER_URL_VAR) or None
+
+
+def single_host(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether MARKET_CELERY_SINGLE_HOST declares that the launcher and every worker share this machine."""
+    env = os.environ if environ is None else environ
+    return (env.get(CELERY_SINGLE_HOST_VAR) or "").strip().lower() in ("1", "true", "yes")
+
+
+def check_shared_state(environ: Mapping[str, str] | None = None) -> None:
+    """With a Celery broker set, ConfigError unless the database and the lake are reachable from
+    any machine (a MARKET_DB_URL and an s3:// lake), or single-host mode is declared."""
+    from market_platform.errors import ConfigError
+
+    env = os.environ if environ is None else environ
+    if not env.get(CELERY_BROKER_URL_VAR) or single_host(env):
+        return
+    missing = []
+    if not env.get(DB_URL_VAR):
+        missing.append(f"{DB_URL_VAR} (a PostgreSQL every worker reaches, not the embedded one)")
+    if not (env.get(LAKE_URL_VAR) or "").startswith("s3://"):
+        missing.append(f"{LAKE_URL_VAR}=s3://bucket/prefix (not a path on this machine)")
+    if missing:
+        raise ConfigError(
+            f"{CELERY_BROKER_URL_VAR} is set, so steps run on workers that share no disk with this machine: "
+            f"set {' and '.join(missing)}, or {CELERY_SINGLE_HOST_VAR}=1 if every worker runs here")
 
 
 def dagster_home() -> Path:

@@ -8,4 +8,6 @@ pytest_plugins: list[str] = [
     "market_platform_tests.fixtures.metrics",
     "market_platform_tests.fixtures.stream",
     "market_platform_tests.fixtures.history",
+    "market_platform_tests.fixtures.broker",
+    "market_platform_tests.fixtures.snapshots",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 
 import pyarrow as pa
 import pytest
@@ -10,7 +12,15 @@ import pytest
 from market_platform.errors import ConfigError, InvalidInputError
 from market_platform.replay.http import max_in_window
 from market_platform.sources import symbols as sym
-from market_platform.sources.vendor import RateLimiter, rate_from_env, run_concurrently, scrub, symbol_list
+from market_platform.sources.vendor import (
+    RateLimiter,
+    SharedRateLimiter,
+    rate_from_env,
+    rate_limiter,
+    run_concurrently,
+    scrub,
+    symbol_list,
+)
 
 
 class VirtualTime:
@@ -65,6 +75,44 @@ def test_limiter_is_shared_by_threads():
     for t in threads:
         t.join()
     assert len(limiter._grants) == 800  # every grant counted once, none lost to a race
+
+
+def test_shared_limiter_counts_every_process_against_one_plan(redis_url):
+    # Three limiters on one key stand for three workers: together they get the plan's 5 calls,
+    # where limiters of their own would have granted 15. Another key is another plan.
+    key = uuid.uuid4().hex
+    limiters = [rate_limiter(5, 60.0, shared_url=redis_url, vendor="Polygon", api_key=key) for _ in range(3)]
+    assert all(isinstance(limiter, SharedRateLimiter) for limiter in limiters)
+    assert key not in limiters[0].key  # the key is hashed, never stored
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def worker(limiter):
+        for _ in range(4):
+            wait = limiter.try_acquire()
+            with lock:
+                waits.append(wait)
+
+    threads = [threading.Thread(target=worker, args=(limiter,)) for limiter in limiters for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert waits.count(0.0) == 5
+    assert all(wait > 55.0 for wait in waits if wait)  # the rest wait for the first grant to leave the minute
+    assert rate_limiter(5, 60.0, shared_url=redis_url, vendor="Polygon", api_key=key + "x").try_acquire() == 0.0
+    assert isinstance(rate_limiter(5, shared_url=None, vendor="Polygon"), RateLimiter)  # no broker: in process
+    assert rate_limiter(None, shared_url=redis_url, vendor="Polygon") is None
+
+
+def test_shared_limiter_blocks_until_the_window_passes(redis_url):
+    key = f"test:{uuid.uuid4().hex}"
+    limiters = [SharedRateLimiter(2, 0.5, margin=0.0, url=redis_url, key=key) for _ in range(3)]
+    started = time.monotonic()
+    for limiter in limiters:
+        for _ in range(2):
+            limiter.acquire()
+    assert time.monotonic() - started >= 1.0  # 6 calls at 2 per 0.5 s: two more windows after the first
 
 
 def test_run_concurrently_keeps_order_and_reports_each_item():

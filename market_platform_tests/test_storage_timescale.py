@@ -13,7 +13,7 @@ import pytest
 
 from market_platform import settings
 from market_platform.errors import ConfigError, DatabaseUnavailableError, InvalidInputError, StorageError
-from market_platform.schemas import BARS, QUOTES, SCHEMAS, TRADES, UNIVERSE
+from market_platform.schemas import BARS, QUOTES, SCHEMAS, SNAPSHOTS, TRADES, UNIVERSE
 from market_platform.storage import synthetic
 from market_platform.storage.timescale import (
     Retention,
@@ -73,7 +73,8 @@ def test_init_schema_creates_everything_once(tick_store: TickStore, request: pyt
     assert status["migrations_applied"] == len(migrations(variant))
     assert status["latest_migration"] == migrations(variant)[-1].name
     assert list(status["tables"]) == ["quotes", "trades", "bars_1m", "stream_stats", "stream_gaps",
-                                      "dead_letters", "universe", "alerts", "rollup_dirty"]
+                                      "dead_letters", "universe", "alerts", "market_snapshots", "rollup_dirty",
+                                      "snapshot_misses", "snapshot_queue"]
     relations = {row["name"]: row["detail"] for row in before if row["kind"] == "rel"}
     # Day partitions on plain PostgreSQL; hypertables (plain tables to pg_class) on TimescaleDB.
     assert {relations[name] for name in ("quotes", "trades", "bars_1m")} == {"p" if variant == "postgres" else "r"}
@@ -351,6 +352,8 @@ def test_status_sizes_every_table_and_dates_the_data_it_holds(tick_store: TickSt
     tick_store.write_bars(synthetic.bars(5, symbols=2, start=day))
     tick_store.write_stream_stats([{"stream": "stocks", "minute": day, "received": 1}])
     tick_store.record_gap("stocks", day - timedelta(hours=1), reason="disconnect 1006")
+    tick_store.write_snapshots(pa.table({f.name: pa.array([{"symbol": "AAPL", "minute": day, "source": "sim"}
+                                                           .get(f.name)], f.type) for f in SNAPSHOTS}))
     tick_store.maintain(now=day)  # on plain PostgreSQL: empty partitions of the days ahead
     tables = tick_store.status()["tables"]
     assert {name for name, table in tables.items() if table["bytes"] <= 0} == set()  # partitioned or not

@@ -5,7 +5,7 @@ Rules live in a YAML file:
 
     rules:
       - name: big_gap                # unique; names the alert everywhere
-        dataset: daily_metrics       # daily_metrics or intraday_metrics
+        dataset: daily_metrics       # daily_metrics, intraday_metrics or stream_stalls
         metric: gap                  # a numeric column of that dataset
         op: "abs>"                   # >, >=, <, <=, abs> (absolute value above)
         threshold: 0.03
@@ -56,6 +56,8 @@ log = logging.getLogger("market_platform.alerts")
 DATASETS: dict[str, pa.Schema] = {
     "daily_metrics": schemas.DAILY_METRICS,
     "intraday_metrics": schemas.INTRADAY_METRICS,
+    # Silent stalls of the live stream found by feed health (market_platform.snapshots.feed_health).
+    "stream_stalls": schemas.STREAM_STALLS,
 }
 OPS = {
     ">": pc.greater,

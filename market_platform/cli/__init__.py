@@ -4,7 +4,17 @@ Every command that fails on bad input or an unreachable service prints one line 
 `error:` on stderr and exits with status 2; no traceback, no secret.
 """
 
-from market_platform.cli import analytics, db, demo, history, replay, stream, ui  # noqa: F401  (registers the commands)
+from market_platform.cli import (  # noqa: F401  (registers the commands)
+    analytics,
+    db,
+    demo,
+    history,
+    replay,
+    snapshots,
+    stream,
+    ui,
+    worker,
+)
 from market_platform.cli.base import main
 
 __all__ = ["main"]

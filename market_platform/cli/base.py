@@ -127,18 +127,20 @@ def run_failed(result) -> MarketPlatformError:
                                "`market-platform ui`)")
 
 
-def _in_process(selection: list[str], *, run_config: dict, partition_key: str | None = None):
-    """Materialize assets in this process, recorded in the platform's instance; the run's result."""
+def _in_process(selection: list[str], *, run_config: dict, partition_key: str | None = None, definitions=None):
+    """Materialize assets as one run recorded in the platform's instance, in this process or, with
+    a Celery broker set, on the workers; the run's result."""
     import dagster as dg
 
     from market_platform.definitions import defs
+    from market_platform.defs.executor import execute_assets, preflight
 
+    preflight()  # with a Celery broker: it answers, workers listen, the state is shared
     check_configuration()
     os.environ.update(dagster_env())
-    keys = [dg.AssetKey(name) for name in selection]
-    job = defs().resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys))
-    result = job.execute_in_process(partition_key=partition_key, instance=dg.DagsterInstance.get(),
-                                    run_config={**run_config, **QUIET}, raise_on_error=False)
+    result = execute_assets(definitions or defs(), [dg.AssetKey(name) for name in selection],
+                            instance=dg.DagsterInstance.get(), run_config={**run_config, **QUIET},
+                            partition_key=partition_key)
     if not result.success:
         raise run_failed(result)
     return result

@@ -57,7 +57,7 @@ def materialize(select: str, partition: str) -> None:
     if unknown:
         raise InvalidInputError(f"unknown assets {unknown}: expected names among {sorted(known)}")
     _check_partition(definitions, [dg.AssetKey(n) for n in names], partition)
-    result = _in_process(names, run_config={}, partition_key=partition)
+    result = _in_process(names, run_config={}, partition_key=partition, definitions=definitions)
     click.echo(f"materialized {', '.join(names)} for {partition} (run {result.run_id})")
 
 
@@ -195,6 +195,9 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
         raise InvalidInputError(f"--source {source!r}: expected one of {', '.join(SOURCE_CHOICES)}")
     if stage_every < 1:
         raise InvalidInputError(f"--stage-every {stage_every}: expected a positive number of tickers")
+    from market_platform.defs.executor import preflight
+
+    preflight()  # with a Celery broker set: it answers, workers listen, the state is shared
     options: dict = {"source": source, "universe": universe_name, "stage_every": stage_every}
     names = symbol_list([t.strip() for t in tickers.split(",")]) if tickers is not None else None
     if names is None:
@@ -214,14 +217,21 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
 @main.command()
 @click.argument("ticker", required=False)
 @click.option("--dataset", default=None, help="List one lake dataset's partitions and rows instead.")
+@click.option("--workers", "workers", is_flag=True, help="List the live Celery workers and their queues instead.")
 @fail_cleanly
-def status(ticker: str | None, dataset: str | None) -> None:
+def status(ticker: str | None, dataset: str | None, workers: bool = False) -> None:
     """What the lake holds: universe snapshots and, per bar dataset, sessions, first and last bar,
-    gaps and sources; or the same for one TICKER; or one dataset's partitions (--dataset)."""
+    gaps and sources; or the same for one TICKER; or one dataset's partitions (--dataset); or the
+    live Celery workers (--workers)."""
     from market_platform.errors import InvalidInputError
     from market_platform.history import status as lake_status
     from market_platform.storage.lake import Lake
 
+    if workers:
+        from market_platform.cli.worker import print_workers
+
+        print_workers()
+        return
     if ticker is not None and (not ticker.strip() or ticker != ticker.strip()):
         raise InvalidInputError(f"TICKER {ticker!r}: expected a ticker symbol such as AAPL (or none for the whole lake)")
     store = Lake.from_settings()

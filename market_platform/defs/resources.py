@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import PrivateAttr
 
 from market_platform import settings
+from market_platform.defs.snapshots.resources import SnapshotQueueResource
 from market_platform.defs.streaming.resources import AlpacaStreamResource
 from market_platform.history.vendors import DEFAULT_FLATFILES_AFTER_DAYS, Vendors
 from market_platform.sources.sim import SimMarket
@@ -106,17 +107,19 @@ class AlertsResource(dg.ConfigurableResource):
     def rules_path(self) -> str:
         return self.rules_file or str(settings.home() / "alerts.yaml")
 
-    def alerter(self, store: TickStore):
-        """An `analytics.alerts.Alerter` on `store`, or None when the rules file does not exist."""
+    def alerter(self, store: TickStore, *, builtin: Sequence = ()):
+        """An `analytics.alerts.Alerter` on `store` with the rules file's rules and the `builtin`
+        ones (e.g. feed health's silent_stall), or None when there are none."""
         from pathlib import Path
 
         from market_platform.analytics.alerts import Alerter, load_rules
 
-        if not Path(self.rules_path()).exists():
+        rules = [*builtin, *(load_rules(self.rules_path()) if Path(self.rules_path()).exists() else [])]
+        if not rules:
             return None
         return Alerter(
             store,
-            load_rules(self.rules_path()),
+            rules,
             json_file=self.json_file or str(settings.home() / "alerts.jsonl"),
             webhook_url=self.webhook_url,
         )
@@ -129,7 +132,8 @@ class VendorsResource(dg.ConfigurableResource):
     `market_platform.history.vendors`). Sessions older than `flatfiles_after_days` come from the
     Flat Files; `provider` picks the REST and reference-data vendor (auto, polygon, alpaca). Rate
     limits are calls per `rate_period_seconds` (a minute, as plans state them), spaced by
-    `rate_margin_seconds` more (default 1% of the period) for the network's jitter."""
+    `rate_margin_seconds` more (default 1% of the period) for the network's jitter; with
+    `celery_broker_url` (the workers' Redis) they hold for all workers together."""
 
     polygon_api_key: Optional[str] = None
     polygon_base_url: Optional[str] = None
@@ -144,6 +148,7 @@ class VendorsResource(dg.ConfigurableResource):
     alpaca_data_url: Optional[str] = None
     alpaca_trading_url: Optional[str] = None
     alpaca_rate_limit: Optional[int] = None
+    celery_broker_url: Optional[str] = None
     provider: str = "auto"
     flatfiles_after_days: int = DEFAULT_FLATFILES_AFTER_DAYS
     workers: int = 8
@@ -172,6 +177,7 @@ class VendorsResource(dg.ConfigurableResource):
                 settings.ALPACA_DATA_URL_VAR: self.alpaca_data_url,
                 settings.ALPACA_TRADING_URL_VAR: self.alpaca_trading_url,
                 settings.ALPACA_RATE_LIMIT_VAR: self.alpaca_rate_limit,
+                settings.CELERY_BROKER_URL_VAR: self.celery_broker_url,
             }
             market = self.market or SimMarketResource()
             self._vendors = Vendors.from_env(
@@ -200,6 +206,7 @@ VENDOR_FIELDS = {
     "alpaca_data_url": settings.ALPACA_DATA_URL_VAR,
     "alpaca_trading_url": settings.ALPACA_TRADING_URL_VAR,
     "alpaca_rate_limit": settings.ALPACA_RATE_LIMIT_VAR,
+    "celery_broker_url": settings.CELERY_BROKER_URL_VAR,
 }
 
 
@@ -251,6 +258,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             stream_url=env_var("ALPACA_STREAM_URL"),
             data_url=env_var("ALPACA_DATA_URL"),
         ),
+        "snapshot_queue": SnapshotQueueResource(url=env_var("MARKET_SNAPSHOT_QUEUE_URL")),
         "alerts": AlertsResource(
             rules_file=env_var("MARKET_ALERTS_FILE"),
             json_file=env_var("MARKET_ALERTS_JSON"),

@@ -6,7 +6,8 @@ Endpoints: `/v2/stocks/bars`, `/v1beta3/crypto/us/bars` (multi-symbol, `limit` a
 `/v2/stocks/trades`, `/v1beta3/crypto/us/quotes`, `/v1beta3/crypto/us/trades` (the historical
 ticks, in the same shape and pagination, from the simulated market behind the provider: the
 quotes and trades the stream replay sends), `/v2/assets` and `/v2/assets/{symbol}`,
-`/v2/calendar`, `/v2/clock`. Authentication by `APCA-API-KEY-ID` and
+`/v2/calendar`, `/v2/clock`, and the snapshots `/v2/stocks/snapshots` and
+`/v1beta3/crypto/us/snapshots` (replay.snapshots). Authentication by `APCA-API-KEY-ID` and
 `APCA-API-SECRET-KEY`; crypto data needs none, as at Alpaca. A key id in `sip_denied` gets 403 on
 `feed=sip`, as a free plan does.
 
@@ -33,6 +34,7 @@ from market_platform import calendar
 from market_platform.errors import InvalidInputError
 from market_platform.replay.data import ReplayData, aggregate, days_between, zone
 from market_platform.replay.http import HttpError, ReplayHTTPServer, Reply, Request
+from market_platform.replay.snapshots import SnapshotBook, SnapshotState
 from market_platform.schemas import BARS, QUOTES, TRADES, TS
 from market_platform.sources.alpaca import CRYPTO_SYMBOL as _CRYPTO_SYMBOL
 from market_platform.sources.alpaca import STOCK_SYMBOL as _STOCK_SYMBOL
@@ -76,6 +78,7 @@ class AlpacaReplay(ReplayHTTPServer):
         self.route(r"/v2/assets/(.+)", self.asset)
         self.route(r"/v2/calendar", self.calendar)
         self.route(r"/v2/clock", self.clock_now)
+        self._add_snapshot_routes()
 
     # ----------------------------------------------------------------------- vendor specifics
 
@@ -107,13 +110,21 @@ class AlpacaReplay(ReplayHTTPServer):
     def _today(self) -> date:
         return self.now().astimezone(calendar.NEW_YORK).date()
 
+    def _check_feed(self, request: Request) -> None:
+        """A stock request's `feed` (default sip) is known and in the key's plan (else 400/403)."""
+        feed = request.query.get("feed") or "sip"
+        if feed not in _FEEDS:
+            raise InvalidInputError(f"invalid feed: {feed}")
+        if feed == "sip" and request.headers.get("APCA-API-KEY-ID") in self.sip_denied:
+            raise HttpError(403, {"message": SIP_DENIED})
+
     # ----------------------------------------------------------------------- bars
 
     def _market_data_query(self, request: Request, kind: str) -> tuple[list[str], datetime, datetime, int]:
         """What every market-data request of `kind` names: symbols, start and end (inclusive),
         the page limit; and the feed (stocks), which the plan must include."""
         q = request.query
-        symbols = self._symbols(q, kind)
+        symbols = _symbols(q, kind)
         start = _time(q["start"], end=False) if q.get("start") else \
             datetime.combine(self._today(), datetime.min.time(), tzinfo=calendar.NEW_YORK).astimezone(UTC)
         end = _time(q["end"], end=True) if q.get("end") else self.now()
@@ -123,11 +134,7 @@ class AlpacaReplay(ReplayHTTPServer):
         if not 1 <= limit <= 10_000:
             raise InvalidInputError(f"invalid limit: {limit} (expected 1 to 10000)")
         if kind == "stocks":
-            feed = q.get("feed") or "sip"
-            if feed not in _FEEDS:
-                raise InvalidInputError(f"invalid feed: {feed}")
-            if feed == "sip" and request.headers.get("APCA-API-KEY-ID") in self.sip_denied:
-                raise HttpError(403, {"message": SIP_DENIED})
+            self._check_feed(request)
         return symbols, start, end, limit
 
     def bars(self, request: Request, kind: str) -> Reply:
@@ -203,16 +210,6 @@ class AlpacaReplay(ReplayHTTPServer):
         for symbol, row in zip(page.column("symbol").to_pylist(), rows, strict=True):
             out.setdefault(symbol, []).append(row)
         return Reply(200, {what: out, "next_page_token": token})
-
-    def _symbols(self, q: Mapping[str, str], kind: str) -> list[str]:
-        symbols = sorted({s.strip() for s in (q.get("symbols") or "").split(",") if s.strip()})
-        if not symbols:
-            raise InvalidInputError("missing symbols")
-        pattern = _CRYPTO_SYMBOL if kind == "crypto" else _STOCK_SYMBOL
-        for s in symbols:
-            if not pattern.match(s):
-                raise InvalidInputError(f"invalid symbol: {s}")
-        return symbols
 
     def _tick_table(self, kind: str, what: str, symbols: list[str], start: datetime, end: datetime) -> pa.Table:
         """The ticks in [start, end], sorted by (symbol, ts); the last few requests are kept, so
@@ -322,7 +319,102 @@ class AlpacaReplay(ReplayHTTPServer):
                            "next_close": next_close.astimezone(ny).isoformat()})
 
 
+    # ----------------------------------------------------------------------- snapshots (issue 13)
+
+    def _add_snapshot_routes(self) -> None:
+        self.snapshots_book = SnapshotBook(self.data)
+        self.route(r"/v2/stocks/snapshots", lambda request: self.snapshots(request, "stocks"))
+        self.route(r"/v1beta3/crypto/us/snapshots", lambda request: self.snapshots(request, "crypto"))
+
+    def snapshots(self, request: Request, kind: str) -> Reply:
+        """Snapshots of `symbols` as of the replay's clock (see replay.snapshots): latestTrade,
+        latestQuote, minuteBar, dailyBar, prevDailyBar, times in RFC-3339. Stocks answer a map by
+        symbol with no wrapper key; crypto wraps it in `snapshots`. Symbols without data are absent."""
+        symbols = _symbols(request.query, kind)
+        if kind == "stocks":
+            self._check_feed(request)
+        state = self.snapshots_book.state(kind, self.now(), symbols)
+        body = _alpaca_snapshots(state, crypto=kind == "crypto")
+        return Reply(200, {"snapshots": body} if kind == "crypto" else body)
+
+
+def _alpaca_snapshots(state: SnapshotState, *, crypto: bool) -> dict[str, dict[str, Any]]:
+    bars = state.bars
+    col = {name: bars.column(name).to_pylist() for name in bars.column_names if not name.endswith("_ts")}
+    minute_t = _rfc3339(bars.column("min_ts"))
+    day_t = _midnight(state.day, crypto)
+    prev_t = _midnight(state.previous, crypto)
+    trades = _event_rows(state.trades)
+    quotes = _event_rows(state.quotes)
+    out = {}
+    for i, symbol in enumerate(col["symbol"]):
+        entry: dict[str, Any] = {}
+        trade = trades.get(symbol)
+        if trade is not None:
+            entry["latestTrade"] = {"t": trade["t"], "p": trade["price"], "s": _size(trade["size"], crypto),
+                                    "i": trade["trade_id"]}
+            if crypto:
+                entry["latestTrade"]["tks"] = "B"
+            else:
+                entry["latestTrade"].update(x=trade["exchange"], c=(trade["conditions"] or "").split(","),
+                                            z=trade["tape"])
+        quote = quotes.get(symbol)
+        if quote is not None:
+            entry["latestQuote"] = {"t": quote["t"], "bp": quote["bid_price"], "bs": _size(quote["bid_size"], crypto),
+                                    "ap": quote["ask_price"], "as": _size(quote["ask_size"], crypto)}
+            if not crypto:
+                entry["latestQuote"].update(bx=quote["bid_exchange"], ax=quote["ask_exchange"],
+                                            c=[quote["conditions"]] if quote["conditions"] else [], z=quote["tape"])
+        for key, prefix, stamp in (("minuteBar", "min", minute_t[i]), ("dailyBar", "day", day_t),
+                                   ("prevDailyBar", "prev", prev_t)):
+            if col[f"{prefix}_close"][i] is not None:
+                volume = col[f"{prefix}_volume"][i]
+                entry[key] = {"t": stamp, "o": col[f"{prefix}_open"][i], "h": col[f"{prefix}_high"][i],
+                              "l": col[f"{prefix}_low"][i], "c": col[f"{prefix}_close"][i],
+                              "v": _size(volume, crypto), "n": col[f"{prefix}_trade_count"][i],
+                              "vw": col[f"{prefix}_vwap"][i]}
+        out[symbol] = entry
+    return out
+
+
+def _rfc3339(ts: pa.Array | pa.ChunkedArray) -> list[str | None]:
+    """Nanosecond RFC-3339 strings (Z) of a timestamp column, None where null."""
+    ints = pc.cast(ts, pa.int64())
+    valid = pc.is_valid(ints).to_numpy(zero_copy_only=False)
+    text = np.datetime_as_string(ints.fill_null(0).to_numpy(zero_copy_only=False).view("M8[ns]"), unit="ns")
+    return [t + "Z" if ok else None for t, ok in zip(text.tolist(), valid.tolist(), strict=True)]
+
+
+def _event_rows(table: pa.Table) -> dict[str, dict[str, Any]]:
+    rows = table.drop_columns(["ts"]).to_pylist()
+    for row, stamp in zip(rows, _rfc3339(table.column("ts")), strict=True):
+        row["t"] = stamp
+    return {row["symbol"]: row for row in rows}
+
+
+def _midnight(day: date, crypto: bool) -> str:
+    instant = datetime.combine(day, datetime.min.time(), tzinfo=UTC if crypto else calendar.NEW_YORK)
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _size(value: float, crypto: bool) -> float | int:
+    """Alpaca sends stock sizes and volumes as integers when whole, crypto's as floats."""
+    return value if crypto or not float(value).is_integer() else int(value)
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def _symbols(query: Mapping[str, str], kind: str) -> list[str]:
+    """The request's `symbols`, sorted, each a valid stock symbol or crypto pair (else 400)."""
+    symbols = sorted({s.strip() for s in (query.get("symbols") or "").split(",") if s.strip()})
+    if not symbols:
+        raise InvalidInputError("missing symbols")
+    pattern = _CRYPTO_SYMBOL if kind == "crypto" else _STOCK_SYMBOL
+    for s in symbols:
+        if not pattern.match(s):
+            raise InvalidInputError(f"invalid symbol: {s}")
+    return symbols
 
 
 def _timeframe(text: str | None) -> tuple[str, int]:

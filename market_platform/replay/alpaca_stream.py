@@ -26,6 +26,9 @@ Faults on command, as methods (thread-safe) or over HTTP on the same port
     correct     send late corrections (`u` messages) for bars of the last closed minute
     inject      send the given frames as they are (bytes: binary frames, str: text frames), in
                 order, between data frames: any message a vendor might send (method only)
+    stall       a silent stall: send nothing for `symbols` (comma-separated) for `minutes` of
+                market time while everything else flows; they keep trading (REST and snapshots
+                show it), the connection stays up
     status      the clock, connections, and what was sent (also `sent_counts()`)
 
 Frames are encoded column by column with numpy (fixed-width msgpack types: float64, uint32,
@@ -457,6 +460,7 @@ class _Feed:
         self.last_bars: pa.Table | None = None
         self.pending_faults: list[tuple[str, dict]] = []
         self.scheduled: list[tuple[int, str, dict]] = []
+        self.stalls: list[tuple[np.ndarray, int, int]] = []  # (symbols withheld, from, until event ns)
         self.subscribed = asyncio.Event()
         self.finished = False
         self.sent_total = {name: 0 for name in DATA_CHANNELS}
@@ -539,11 +543,29 @@ class _Feed:
         corrections = self._take_corrections()
         if corrections is not None:
             parts.append(corrections)
-        encoded = _Encoded.concat(parts, order_by_time=len(parts) > 1)
+        encoded = self._unstalled(_Encoded.concat(parts, order_by_time=len(parts) > 1))
         await self._flush_faults()
         if len(encoded):
             await self._broadcast(encoded)
         return len(encoded)
+
+    def stall(self, symbols: Sequence[str], minutes: float, from_ns: int | None = None) -> None:
+        """Withhold every message of `symbols` with event time before `minutes` after `from_ns`
+        (default: the clock)."""
+        mask = np.zeros(len(self.symbols), bool)
+        mask[[self.index[s] for s in symbols if s in self.index]] = True
+        start = max(self.clock_ns, from_ns or 0)
+        self.stalls.append((mask, start, start + int(minutes * MINUTE_NS)))
+
+    def _unstalled(self, encoded: _Encoded) -> _Encoded:
+        # A stall's last minute's bars go out a minute after it ends (stamped just before its end).
+        self.stalls = [stall for stall in self.stalls if self.clock_ns < stall[2] + MINUTE_NS]
+        if not self.stalls or not len(encoded):
+            return encoded
+        drop = np.zeros(len(encoded), bool)
+        for mask, start, until in self.stalls:
+            drop |= mask[encoded.symbol] & (encoded.ts >= start) & (encoded.ts < until)
+        return encoded.select(np.flatnonzero(~drop)) if drop.any() else encoded
 
     def _take_corrections(self) -> _Encoded | None:
         requests = [kwargs for name, kwargs in self.pending_faults if name == "correct"]
@@ -966,6 +988,12 @@ class AlpacaStreamReplay:
         `corrections`): one more trade of 100 shares at the close."""
         self._fault("correct", kind, at, count=count)
 
+    def stall(self, symbols: Sequence[str], minutes: float, *, kind: str | None = None,
+              at: datetime | None = None) -> None:
+        """A silent stall: send nothing for `symbols` for `minutes` of market time from now (or
+        from `at`), connections open and the rest of the market flowing."""
+        self._fault("stall", kind, at, symbols=list(symbols), minutes=minutes, from_ns=_to_ns(at) if at else None)
+
     def _fault(self, name: str, kind: str | None, at: datetime | None, **kwargs: Any) -> None:
         if self._loop is None:
             raise InvalidInputError("the replay server is not running: start() it first")
@@ -1012,9 +1040,11 @@ class AlpacaStreamReplay:
                 conn.duplicate_frames += int(kwargs.get("frames", 1))
         elif name in ("malformed", "correct", "inject"):
             feed.pending_faults.append((name, kwargs))
+        elif name == "stall":
+            feed.stall(kwargs["symbols"], float(kwargs["minutes"]), kwargs.get("from_ns"))
         else:
             raise InvalidInputError(
-                f"unknown fault {name!r}: expected drop, silence, malformed, duplicate, correct or inject")
+                f"unknown fault {name!r}: expected drop, silence, malformed, duplicate, correct, inject or stall")
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"url": self.base_url, "speed": self.speed, "feeds": {}}
@@ -1061,6 +1091,9 @@ class AlpacaStreamReplay:
                 body = {"ok": True}
             elif name == "correct":
                 self.correct(int(args.get("count", 5)), kind=kind, at=at)
+                body = {"ok": True}
+            elif name == "stall":
+                self.stall(args["symbols"].split(","), float(args["minutes"]), kind=kind, at=at)
                 body = {"ok": True}
             else:
                 return connection.respond(HTTPStatus.NOT_FOUND, json.dumps({"error": f"unknown command {name!r}"}))

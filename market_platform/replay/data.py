@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from market_platform import calendar
 from market_platform.errors import InvalidInputError
-from market_platform.schemas import BARS, CATEGORIES, TS
+from market_platform.schemas import BARS, CATEGORIES, QUOTES, TRADES, TS
 from market_platform.sources import symbols as sym
 from market_platform.sources.sim import SimMarket
 from market_platform.sources.sim_reference import reference
@@ -82,6 +82,16 @@ class SimProvider:
     def universe(self, category: str, day: date, *, include_inactive: bool = False) -> pa.Table:
         return self.sim.universe(category, day, include_inactive=include_inactive)
 
+    def latest(self, symbols: Sequence[str], day: date, *, before: datetime) -> tuple[pa.Table, pa.Table]:
+        """The last trade and quote of each symbol in the minutes of `day` ended by `before`
+        (`SimMarket.latest`), for snapshots."""
+        wanted = [s for s in symbols if s in self._tradable]
+        if not calendar.is_session(day):
+            wanted = [s for s in wanted if sym.is_crypto(s)]
+        if not wanted:
+            return TRADES.empty_table(), QUOTES.empty_table()
+        return self.sim.latest(day, wanted, before=before)
+
 
 def kind_of(symbol: str) -> str:
     """"crypto" for crypto pairs (UTC days), "stocks" for everything else (sessions)."""
@@ -130,6 +140,8 @@ class ReplayData:
         self._universes: dict[tuple[str, date, bool], pa.Table] = {}
         self._corrections: dict[date, pa.Table] = {}
         self._lock = threading.Lock()
+        #: Goes up whenever served bars change (corrections), for caches built on top.
+        self.revision = 0
 
     def __repr__(self) -> str:
         return f"ReplayData({self.provider!r})"
@@ -203,6 +215,7 @@ class ReplayData:
 
     def _forget(self, day: date) -> None:
         """Drop `day` from the cache (the lock is held)."""
+        self.revision += 1
         for key in [k for k in self._bars if k[1] == day]:
             self._cached_rows -= max(self._bars.pop(key).num_rows, 1)
 
@@ -234,6 +247,14 @@ class ReplayData:
                     self._universes.clear()
                 self._universes[key] = table
         return table
+
+    def latest(self, symbols: Sequence[str], day: date, *, before: datetime) -> tuple[pa.Table, pa.Table]:
+        """The last trade (schemas.TRADES) and quote (schemas.QUOTES) of each symbol in the
+        minutes of `day` ended by `before`, from a provider that has them (none otherwise)."""
+        latest = getattr(self.provider, "latest", None)
+        if latest is None:
+            return TRADES.empty_table(), QUOTES.empty_table()
+        return latest(symbols, day, before=before)
 
     def listed(self, kind: str, day: date) -> list[str]:
         """Symbols of `kind` ("stocks": us_equities, etf, otc; "crypto") listed on `day`, sorted."""

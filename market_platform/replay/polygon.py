@@ -41,6 +41,7 @@ from market_platform.replay.data import (
     zone,
 )
 from market_platform.replay.http import HttpError, ReplayHTTPServer, Reply, Request, key_label
+from market_platform.replay.snapshots import SnapshotBook, SnapshotState
 from market_platform.schemas import BARS, TS
 from market_platform.sources import symbols as sym
 
@@ -107,7 +108,10 @@ class PolygonReplay(ReplayHTTPServer):
         self.route(r"/v3/reference/tickers", self.tickers)
         self.route(r"/v3/reference/tickers/types", self.ticker_types)
         self.route(r"/v3/reference/options/contracts", self.options_contracts)
-        self.route(r"/v2/snapshot/locale/us/markets/stocks/tickers", self.snapshot)
+        self.route(r"/v2/snapshot/locale/us/markets/stocks/tickers", lambda request: self.snapshot(request, "stocks"))
+        self.route(r"/v2/snapshot/locale/global/markets/crypto/tickers",
+                   lambda request: self.snapshot(request, "crypto"))
+        self.book = SnapshotBook(data)
         self.route(r"/v1/marketstatus/now", self.market_status)
 
     # ----------------------------------------------------------------------- vendor specifics
@@ -272,44 +276,21 @@ class PolygonReplay(ReplayHTTPServer):
 
     # ----------------------------------------------------------------------- snapshot, status
 
-    def snapshot(self, request: Request) -> Reply:
-        now = self.now()
-        cal = calendar.default_calendar()
-        current = cal.session_at(now)
-        day = current.day if current else cal.last_completed_session(now)
-        previous = cal.previous_session(day)
+    def snapshot(self, request: Request, market: str) -> Reply:
+        """The whole market's snapshot (or `tickers=`) as of the replay's clock (see
+        replay.snapshots): day so far, last completed minute (`min.t` in ms), previous day,
+        last trade and quote (`t` and `updated` in ns; lastQuote `P`/`S` are the ask)."""
+        kind = "crypto" if market == "crypto" else "stocks"
         requested = request.query.get("tickers") or ""
+        symbols = None
         if requested:
             symbols = sorted({sym.from_polygon(t.strip()) for t in requested.split(",") if t.strip()})
-        else:
-            categories = ["us_equities", "etf"] + (["otc"] if request.query.get("include_otc") == "true" else [])
-            symbols = sorted(s for c in categories for s in self.data.universe(c, day).column("symbol").to_pylist())
-        today = self.data.minute_bars(symbols, day, cache=False)
-        # Only minutes that have ended are in a snapshot.
-        today = today.filter(pc.less_equal(today.column("ts"), pa.scalar(now - timedelta(minutes=1), TS)))
-        tz = calendar.NEW_YORK
-        days = {r["symbol"]: r for r in aggregate(today, "day", tz=tz).to_pylist()}
-        prev = {r["symbol"]: r for r in aggregate(self.data.minute_bars(symbols, previous, cache=False), "day",
-                                                  tz=tz).to_pylist()}
-        last_rows = today.take(pa.array(_last_of_each(today)))
-        minutes = {r["symbol"]: r for r in last_rows.to_pylist()}
-        tickers = []
-        for s in symbols:
-            if s not in days and s not in prev:
-                continue
-            d, p, last = days.get(s), prev.get(s), minutes.get(s)
-            change = (d["close"] - p["close"]) if d and p else 0.0
-            entry: dict[str, Any] = {
-                "ticker": sym.to_polygon(s),
-                "todaysChange": round(change, 6),
-                "todaysChangePerc": round(100.0 * change / p["close"], 6) if d and p else 0.0,
-                "updated": _ns(last["ts"]) + 60_000_000_000 if last else _ns(day_bounds(day, "stocks")[0]),
-                "day": _ohlcv(d), "prevDay": _ohlcv(p),
-            }
-            if last:
-                entry["min"] = {**_ohlcv(last), "av": d["volume"], "t": _ns(last["ts"]) // 1_000_000,
-                                "n": last["trade_count"]}
-            tickers.append(entry)
+        state = self.book.state(kind, self.now(), symbols)
+        if kind == "stocks" and request.query.get("include_otc", "false").lower() != "true":
+            otc = self.data.universe("otc", state.day).column("symbol")
+            state = type(state)(state.day, state.previous, state.bars.filter(
+                pc.invert(pc.is_in(state.bars.column("symbol"), value_set=otc))), state.trades, state.quotes)
+        tickers = _snapshot_entries(state, crypto=kind == "crypto")
         return Reply(200, {"status": "OK", "count": len(tickers), "tickers": tickers, "request_id": _request_id()})
 
     def market_status(self, request: Request) -> Reply:
@@ -390,22 +371,68 @@ def _agg_results(page: pa.Table) -> list[dict[str, Any]]:
                                                  strict=True)]
 
 
-def _ohlcv(bar: dict[str, Any] | None) -> dict[str, Any]:
-    if not bar:
+#: Alpaca's venue letters (the simulator's) as Polygon's exchange ids, and trade conditions as
+#: Polygon's condition ids ("@", a regular sale, has none).
+POLYGON_EXCHANGES = {"A": 1, "B": 2, "C": 3, "D": 4, "J": 7, "K": 8, "M": 9, "N": 10, "P": 11, "Q": 12,
+                     "V": 15, "X": 17, "Y": 18, "Z": 19, "H": 20, "U": 21, "L": 22}
+POLYGON_CONDITIONS = {"T": 12, "F": 14, "I": 37}
+#: The crypto exchange id the replay reports (Coinbase).
+POLYGON_CRYPTO_EXCHANGE = 1
+
+
+def _snapshot_entries(state: SnapshotState, *, crypto: bool) -> list[dict[str, Any]]:
+    """`tickers` of a Polygon snapshot response, one per row of `state.bars`."""
+    bars = state.bars
+    col = {name: bars.column(name).to_pylist() for name in bars.column_names if name != "min_ts"}
+    min_ms = (pc.cast(bars.column("min_ts"), pa.int64()).fill_null(0).to_numpy() // 1_000_000).tolist()
+    updated = state.updated_ns().tolist()
+    trades, quotes = _by_symbol(state.trades), _by_symbol(state.quotes)
+    entries = []
+    for i, symbol in enumerate(col["symbol"]):
+        day = _ohlcv(col, "day", i)
+        prev = _ohlcv(col, "prev", i)
+        close, prev_close = col["day_close"][i], col["prev_close"][i]
+        change = close - prev_close if close is not None and prev_close else 0.0
+        entry: dict[str, Any] = {
+            "ticker": sym.to_polygon(symbol),
+            "todaysChange": round(change, 6),
+            "todaysChangePerc": round(100.0 * change / prev_close, 6) if close is not None and prev_close else 0.0,
+            "updated": updated[i],
+            "day": day, "prevDay": prev,
+        }
+        if col["min_close"][i] is not None:
+            entry["min"] = {**_ohlcv(col, "min", i), "av": col["min_av"][i], "t": min_ms[i],
+                            "n": col["min_trade_count"][i]}
+        trade = trades.get(symbol)
+        if trade is not None:
+            entry["lastTrade"] = {"i": str(trade["trade_id"]), "p": trade["price"], "s": trade["size"],
+                                  "t": trade["ts"],
+                                  "x": POLYGON_CRYPTO_EXCHANGE if crypto else POLYGON_EXCHANGES.get(trade["exchange"], 0)}
+            conditions = [POLYGON_CONDITIONS[c] for c in (trade["conditions"] or "").split(",") if c in POLYGON_CONDITIONS]
+            if conditions:
+                entry["lastTrade"]["c"] = conditions
+        quote = quotes.get(symbol)
+        if quote is not None:
+            entry["lastQuote"] = {"P": quote["ask_price"], "S": quote["ask_size"], "p": quote["bid_price"],
+                                  "s": quote["bid_size"], "t": quote["ts"]}
+        entries.append(entry)
+    return entries
+
+
+def _by_symbol(table: pa.Table) -> dict[str, dict[str, Any]]:
+    """Rows of a trades or quotes table by symbol, with `ts` as integer nanoseconds."""
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", pc.cast(table.column("ts"), pa.int64()))
+    return {row["symbol"]: row for row in table.to_pylist()}
+
+
+def _ohlcv(columns: dict[str, list], prefix: str, i: int) -> dict[str, Any]:
+    """Polygon's {o, h, l, c, v, vw} of bar `prefix` (day, min, prev) at row `i`; zeros when absent."""
+    if columns[f"{prefix}_close"][i] is None:
         return {"o": 0, "h": 0, "l": 0, "c": 0, "v": 0, "vw": 0}
-    vwap = bar.get("vwap")
-    return {"o": bar["open"], "h": bar["high"], "l": bar["low"], "c": bar["close"], "v": bar["volume"],
+    vwap = columns[f"{prefix}_vwap"][i]
+    return {"o": columns[f"{prefix}_open"][i], "h": columns[f"{prefix}_high"][i], "l": columns[f"{prefix}_low"][i],
+            "c": columns[f"{prefix}_close"][i], "v": columns[f"{prefix}_volume"][i],
             "vw": vwap if vwap is not None else 0}
-
-
-def _last_of_each(table: pa.Table) -> list[int]:
-    """Row index of each symbol's last row in a table sorted by (symbol, ts)."""
-    n = table.num_rows
-    if not n:
-        return []
-    column = table.column("symbol").combine_chunks()
-    changes = pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    return np.concatenate([np.flatnonzero(changes), [n - 1]]).tolist()
 
 
 def _ticker_rows(table: pa.Table, market: str, locale: str, category: str, day: date,

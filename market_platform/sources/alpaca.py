@@ -21,6 +21,7 @@ requests a symbol with no bars is looked up in the assets (404 -> UnknownSymbolE
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -38,7 +39,7 @@ from market_platform import calendar, settings
 from market_platform.errors import ConfigError, InvalidInputError, UnknownSymbolError, VendorError
 from market_platform.schemas import BARS, CATEGORIES, QUOTES, TRADES, TS, UNIVERSE, Source, conform, quote_seq
 from market_platform.sources import symbols as sym
-from market_platform.sources.vendor import RateLimiter, RetryPolicy, VendorGate, rate_from_env, symbol_list
+from market_platform.sources.vendor import RetryPolicy, VendorGate, rate_from_env, rate_limiter, symbol_list
 
 UTC = timezone.utc
 DEFAULT_DATA_URL = "https://data.alpaca.markets"
@@ -97,7 +98,8 @@ class AlpacaSource:
 
     `data_url`/`trading_url` override Alpaca's market data and trading API hosts; `feed` is the
     stock feed (iex on the free plan, sip on paid ones). `rate_limit` calls per `rate_period`
-    seconds (None: no limit) are shared by every request of this source.
+    seconds (None: no limit) are shared by every request of this source, and with
+    `shared_rate_url` (a Redis URL) by every process on every machine using the same key.
     """
 
     name = Source.ALPACA_REST.value
@@ -113,6 +115,7 @@ class AlpacaSource:
         rate_limit: int | None = BASIC_PLAN_RATE,
         rate_period: float = 60.0,
         rate_margin: float | None = None,
+        shared_rate_url: str | None = None,
         retry: RetryPolicy = RetryPolicy(),
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
@@ -128,7 +131,8 @@ class AlpacaSource:
         self.feed, self.symbols_per_request = feed, symbols_per_request
         self.data_url = (data_url or DEFAULT_DATA_URL).rstrip("/")
         self.trading_url = (trading_url or DEFAULT_TRADING_URL).rstrip("/")
-        limiter = RateLimiter(rate_limit, rate_period, margin=rate_margin) if rate_limit else None
+        limiter = rate_limiter(rate_limit, rate_period, margin=rate_margin, shared_url=shared_rate_url,
+                               vendor="Alpaca", api_key=key_id, origin=settings.CELERY_BROKER_URL_VAR)
         self.gate = VendorGate(
             "Alpaca", limiter=limiter, retry=retry, secrets=[secret],
             auth_hint=f"check {settings.ALPACA_API_KEY_VAR} and {settings.ALPACA_SECRET_KEY_VAR}",
@@ -147,12 +151,14 @@ class AlpacaSource:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AlpacaSource:
         """A source from ALPACA_API_KEY, ALPACA_SECRET_KEY, ALPACA_FEED, ALPACA_DATA_URL,
-        ALPACA_TRADING_URL and ALPACA_RATE_LIMIT."""
+        ALPACA_TRADING_URL and ALPACA_RATE_LIMIT (shared through MARKET_CELERY_BROKER_URL's Redis
+        when that is set)."""
         env = os.environ if environ is None else environ
         options.setdefault("feed", env.get(settings.ALPACA_FEED_VAR) or "iex")
         options.setdefault("data_url", env.get(settings.ALPACA_DATA_URL_VAR) or None)
         options.setdefault("trading_url", env.get(settings.ALPACA_TRADING_URL_VAR) or None)
         options.setdefault("rate_limit", rate_from_env(env, settings.ALPACA_RATE_LIMIT_VAR, BASIC_PLAN_RATE))
+        options.setdefault("shared_rate_url", env.get(settings.CELERY_BROKER_URL_VAR) or None)
         return cls(env.get(settings.ALPACA_API_KEY_VAR, ""), env.get(settings.ALPACA_SECRET_KEY_VAR, ""), **options)
 
     def __repr__(self) -> str:
@@ -300,6 +306,27 @@ class AlpacaSource:
         if unknown:
             raise UnknownSymbolError(f"Alpaca has no asset {', '.join(unknown)}: expected symbols Alpaca lists "
                                      "(stocks like AAPL, crypto pairs like BTC/USD)")
+
+    def snapshot_raw(self, symbols: Sequence[str]) -> Iterator[tuple[list[str], bytes]]:
+        """Alpaca's snapshots of `symbols` (stocks and crypto pairs), `symbols_per_request` at a
+        time: per request, its symbols and the response as JSON (the map alpaca-py returns with
+        raw_data, symbol -> latestTrade, latestQuote, minuteBar, dailyBar, prevDailyBar), each
+        yielded as soon as it arrives."""
+        from alpaca.data.enums import DataFeed
+        from alpaca.data.requests import CryptoSnapshotRequest, StockSnapshotRequest
+
+        names = symbol_list(symbols)
+        for kind in ("stocks", "crypto"):
+            wanted = [s for s in names if sym.is_crypto(s) == (kind == "crypto")]
+            for i in range(0, len(wanted), self.symbols_per_request):
+                chunk = wanted[i:i + self.symbols_per_request]
+                with self._mapped(f"snapshots of {', '.join(chunk[:5])}{'...' if len(chunk) > 5 else ''}"):
+                    if kind == "crypto":
+                        raw = self._crypto.get_crypto_snapshot(CryptoSnapshotRequest(symbol_or_symbols=chunk))
+                    else:
+                        raw = self._stocks.get_stock_snapshot(StockSnapshotRequest(
+                            symbol_or_symbols=chunk, feed=DataFeed(self.feed)))
+                yield chunk, json.dumps(raw, separators=(",", ":")).encode()
 
     # ----------------------------------------------------------------------- reference
 

@@ -41,10 +41,10 @@ from market_platform.errors import ConfigError, InvalidInputError, UnknownSymbol
 from market_platform.schemas import BARS, CATEGORIES, TS, UNIVERSE, Source, conform
 from market_platform.sources import symbols as sym
 from market_platform.sources.vendor import (
-    RateLimiter,
     RetryPolicy,
     VendorGate,
     rate_from_env,
+    rate_limiter,
     run_concurrently,
     symbol_list,
 )
@@ -68,6 +68,9 @@ CATEGORY_QUERIES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "fx": (("fx", None),),
     "indices": (("indices", None),),
 }
+
+#: Markets of the whole-market snapshot.
+SNAPSHOT_MARKETS = ("stocks", "crypto")
 
 SymbolCallback = Callable[[str, pa.Table], None]
 
@@ -94,7 +97,8 @@ class PolygonSource:
     """Polygon REST: minute bars and vendor aggregates per session, reference tickers, snapshots.
 
     `rate_limit` calls per `rate_period` seconds (None: no limit; Polygon's free plan allows 5 per
-    minute) are shared by all threads of this source; `workers` tickers are fetched at once;
+    minute) are shared by all threads of this source, and with `shared_rate_url` (a Redis URL) by
+    every process on every machine using the same key; `workers` tickers are fetched at once;
     `page_limit` is the aggregates' `limit` (base aggregates per page, at most 50,000).
     """
 
@@ -108,6 +112,7 @@ class PolygonSource:
         rate_limit: int | None = FREE_PLAN_RATE,
         rate_period: float = 60.0,
         rate_margin: float | None = None,
+        shared_rate_url: str | None = None,
         retry: RetryPolicy = RetryPolicy(),
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
@@ -123,7 +128,8 @@ class PolygonSource:
         self.base_url = base_url.rstrip("/")
         self.workers, self.page_limit = workers, page_limit
         self.adjusted, self.check_unknown = adjusted, check_unknown
-        limiter = RateLimiter(rate_limit, rate_period, margin=rate_margin) if rate_limit else None
+        limiter = rate_limiter(rate_limit, rate_period, margin=rate_margin, shared_url=shared_rate_url,
+                               vendor="Polygon", api_key=api_key, origin=settings.CELERY_BROKER_URL_VAR)
         self.gate = VendorGate(
             "Polygon", limiter=limiter, retry=retry, secrets=[api_key],
             auth_hint=f"check {settings.POLYGON_API_KEY_VAR}",
@@ -138,7 +144,8 @@ class PolygonSource:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> PolygonSource:
-        """A source configured from POLYGON_API_KEY, POLYGON_BASE_URL and POLYGON_RATE_LIMIT."""
+        """A source configured from POLYGON_API_KEY, POLYGON_BASE_URL and POLYGON_RATE_LIMIT, its
+        limit shared through MARKET_CELERY_BROKER_URL's Redis when that is set."""
         env = os.environ if environ is None else environ
         key = env.get(settings.POLYGON_API_KEY_VAR)
         if not key:
@@ -146,6 +153,7 @@ class PolygonSource:
                               "(or run without vendor keys to use the simulated market)")
         options.setdefault("base_url", env.get(settings.POLYGON_BASE_URL_VAR) or DEFAULT_BASE_URL)
         options.setdefault("rate_limit", rate_from_env(env, settings.POLYGON_RATE_LIMIT_VAR, FREE_PLAN_RATE))
+        options.setdefault("shared_rate_url", env.get(settings.CELERY_BROKER_URL_VAR) or None)
         return cls(key, **options)
 
     def __repr__(self) -> str:
@@ -273,6 +281,15 @@ class PolygonSource:
                 })
         table = pa.Table.from_pylist(rows, schema=BARS) if rows else BARS.empty_table()
         return table.sort_by([("symbol", "ascending"), ("ts", "ascending")])
+
+    def snapshot_raw(self, market: str = "stocks") -> bytes:
+        """The body of Polygon's whole-market snapshot of `market` (stocks, crypto) exactly as
+        it arrived: JSON with `tickers` (see PROTOCOLS.md C4), for the snapshot queue."""
+        if market not in SNAPSHOT_MARKETS:
+            raise InvalidInputError(f"snapshot market {market!r}: expected one of {', '.join(SNAPSHOT_MARKETS)}")
+        with self._mapped(f"the {market} snapshot"):
+            # A string, not SnapshotMarketType: the client builds a wrong path from the enum.
+            return self._client.get_snapshot_all(market, raw=True).data
 
     def market_status(self) -> str:
         """"open", "extended-hours" or "closed", as Polygon reports the US market now."""

@@ -952,6 +952,28 @@ class SimMarket:
         # Arrow's sort is stable: quotes of a symbol at the same instant keep their stream order.
         return table.sort_by([("symbol", "ascending"), ("ts", "ascending")]).combine_chunks()
 
+    # ----------------------------------------------------------------------- latest events
+
+    def latest(self, day: date | str, symbols: Sequence[str] | None = None, *,
+               before: datetime) -> tuple[pa.Table, pa.Table]:
+        """The last trade (schemas.TRADES) and the last quote (schemas.QUOTES) of each symbol in
+        the minutes of `day` that ended by `before` - what a vendor's snapshot shows then -
+        sorted by symbol; a symbol without one yet has no row. Only the minute holding each
+        symbol's last event is generated."""
+        end_ns = _bounds(None, before)[1]
+        trades, quotes = [], []
+        for grid, rows in self._resolve(day, symbols):
+            done = int(min(grid.minutes, max(0, (end_ns - grid.start_ns) // _NS_PER_MINUTE)))
+            for i in range(0, len(rows) if done else 0, _SKELETON_ROWS):
+                sk = self._skeleton(grid, rows[i:i + _SKELETON_ROWS])
+                cr, cm = _last_cells(sk.n[:, :done] > 0)
+                trades.append(_last_per_symbol(_trade_table(sk, cr, cm, None, None, time_order=False)))
+                quoted = sk.q[:, :done] > 0
+                quoted[:, 0] = True  # every symbol-day opens with a quote
+                cr, cm = _last_cells(quoted)
+                quotes.append(_last_per_symbol(_quote_table(sk, cr, cm, None, None)))
+        return _sorted_concat(trades, TRADES), _sorted_concat(quotes, QUOTES)
+
     def _stream(self, grid: _Grid | None, rows: np.ndarray, start_ns: int | None, end_ns: int | None,
                 batch_size: int, *, quotes: bool) -> Iterator[pa.RecordBatch]:
         if grid is None or not len(rows):
@@ -1033,6 +1055,24 @@ def _sorted_concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     if table.num_rows > 1 and not pc.all(pc.less_equal(symbol[:-1], symbol[1:])).as_py():
         table = table.sort_by([("symbol", "ascending"), ("ts", "ascending")])
     return table
+
+
+def _last_cells(active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, minute) of each row's last True cell, for the rows that have one."""
+    has = active.any(axis=1)
+    last = active.shape[1] - 1 - np.argmax(active[:, ::-1], axis=1)
+    return np.flatnonzero(has), last[has].astype(np.int64)
+
+
+def _last_per_symbol(table: pa.Table) -> pa.Table:
+    """Each symbol's latest row (the last of equal times in the table's order)."""
+    n = table.num_rows
+    if n < 2:
+        return table
+    table = table.take(pc.sort_indices(table, [("symbol", "ascending"), ("ts", "ascending")]))
+    symbol = table.column("symbol").combine_chunks()
+    ends = np.flatnonzero(pc.not_equal(symbol.slice(1), symbol.slice(0, n - 1)).to_numpy(zero_copy_only=False))
+    return table.take(pa.array(np.append(ends, n - 1)))
 
 
 def _bars_table(sk: _Skeleton, agg: dict[str, np.ndarray], ts: np.ndarray) -> pa.Table:

@@ -6,12 +6,17 @@ Every HTTP request an adapter makes, first pages and continuation pages alike, g
 `VendorGate.call`: it takes a slot from the limiter, sends, and on 429, 5xx or a network failure
 backs off and tries again (taking a new slot), so the limiter sees every request the vendor
 sees. The client libraries' own retries are switched off so that nothing bypasses it.
+
+A plan's limit covers every process that uses the key: with Celery workers (a Redis broker set),
+the limiter is `SharedRateLimiter`, the same sliding log kept in Redis for all of them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -20,7 +25,13 @@ from typing import TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from market_platform.errors import ConfigError, InvalidInputError, VendorAuthError, VendorUnavailableError
+from market_platform.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    InvalidInputError,
+    VendorAuthError,
+    VendorUnavailableError,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,6 +87,99 @@ class RateLimiter:
             waited += pause
 
 
+#: Grant a slot if fewer than ARGV[1] grants lie in the last ARGV[2] microseconds (the period plus
+#: the margin), else answer how many microseconds until the oldest of them leaves the window. The
+#: time is the Redis server's: one clock for every worker, whatever their machines' clocks say.
+_ACQUIRE_LUA = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local calls, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - window)
+if redis.call('ZCARD', KEYS[1]) < calls then
+  redis.call('ZADD', KEYS[1], t, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, math.ceil(tonumber(oldest[2]) + window - t))
+"""
+
+
+def redis_client(url: str, *, origin: str, timeout: float = 5.0):
+    """A redis-py client of `url` (redis://, rediss:// or unix://) that fails within `timeout`
+    seconds; ConfigError names a URL of another kind (`origin`: the variable it came from)."""
+    import redis
+
+    if url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{origin}={redact_url(url)!r}: expected a Redis URL such as redis://host:6379/0")
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+def redact_url(url: str) -> str:
+    """`url` without the password of its user info."""
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return scrub(url, [password])
+
+
+class SharedRateLimiter:
+    """`RateLimiter` for many processes on many machines: the sliding log of grants is a sorted
+    set in Redis at `url` under `key`, updated atomically by one Lua script, timed by the Redis
+    server's clock. The processes sharing `key` together start at most `calls` calls in any
+    `period` seconds (spaced by `margin` more, as `RateLimiter`)."""
+
+    def __init__(self, calls: int, period: float = 60.0, *, url: str, key: str, margin: float | None = None,
+                 origin: str = "the rate limiter's URL") -> None:
+        self._local = RateLimiter(calls, period, margin=margin)  # validates; the same settings
+        self.calls, self.period, self.margin = calls, float(period), self._local.margin
+        self.key, self.url = key, redact_url(url)
+        self._client = redis_client(url, origin=origin)
+        self._script = self._client.register_script(_ACQUIRE_LUA)
+
+    def __repr__(self) -> str:
+        return f"SharedRateLimiter({self.calls} calls per {self.period:g}s at {self.url} {self.key})"
+
+    def try_acquire(self) -> float:
+        """Take a slot if one is free (returns 0.0), else the seconds until one may be."""
+        import redis
+
+        window_us = int(round((self.period + self.margin) * 1_000_000))
+        try:
+            wait_us = self._script(keys=[self.key], args=[self.calls, window_us, uuid.uuid4().hex])
+        except redis.RedisError as exc:
+            raise BrokerUnavailableError(
+                f"the shared rate limiter at {self.url} failed ({type(exc).__name__}: {exc}): "
+                "expected Redis to answer; check it is running") from None
+        return int(wait_us) / 1_000_000
+
+    def acquire(self) -> float:
+        """Block until a call may start; returns the seconds waited."""
+        waited = 0.0
+        while pause := self.try_acquire():
+            time.sleep(pause)
+            waited += pause
+        return waited
+
+
+def rate_limiter(calls: int | None, period: float = 60.0, *, margin: float | None = None,
+                 shared_url: str | None = None, vendor: str, api_key: str | None = None,
+                 origin: str = "the rate limiter's URL") -> RateLimiter | SharedRateLimiter | None:
+    """The limiter of a vendor's plan: none without `calls`; in this process without `shared_url`;
+    else shared in Redis by every process using the same vendor and key (the key is hashed into
+    the Redis key, never stored)."""
+    if not calls:
+        return None
+    if not shared_url:
+        return RateLimiter(calls, period, margin=margin)
+    digest = hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
+    return SharedRateLimiter(calls, period, margin=margin, url=shared_url, origin=origin,
+                             key=f"market_platform:rate:{vendor.lower()}:{digest}")
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Attempts per request and the exponential backoff (full jitter) between them."""
@@ -118,7 +222,7 @@ class VendorGate:
         self,
         vendor: str,
         *,
-        limiter: RateLimiter | None,
+        limiter: RateLimiter | SharedRateLimiter | None,
         retry: RetryPolicy,
         secrets: Sequence[str | None],
         auth_hint: str,

@@ -12,7 +12,9 @@
   their refresh (`Refresher`: `refresh_rollups`);
 - `maintenance.py`: day partitions ahead, retention, the rollup refresh, and `status()`
   (`Maintenance`);
-- `reads.py`: `read_arrow` and `read_bars` (`Reads`).
+- `reads.py`: `read_arrow` and `read_bars` (`Reads`);
+- `snapshots.py`: the minute snapshots, their queue table, missed minutes and silent-stall gaps
+  (`SnapshotStore`).
 
 Each module's docstring tells its part. Connections: a `TickStore` keeps one connection,
 opened on first use and reopened after it breaks; its methods are serialised by a lock, so a
@@ -59,6 +61,7 @@ from market_platform.storage.server import (
     start_embedded,
     stop_embedded,
 )
+from market_platform.storage.snapshots import SnapshotStore
 from market_platform.storage.writers import Writers
 
 __all__ = [
@@ -105,6 +108,7 @@ class TickStore:
         self._maintenance = Maintenance(self._connection, self._schema, self._refresher)
         self._writers = Writers(self._connection, self._schema, self._maintenance, skip_stored=skip_stored)
         self._reads = Reads(self._connection, self._schema, self._refresher)
+        self._snapshots = SnapshotStore(self._connection, self._schema)
 
     @property
     def url(self) -> str:
@@ -179,6 +183,16 @@ class TickStore:
 
     read_arrow = _delegate("_reads", Reads.read_arrow)
     read_bars = _delegate("_reads", Reads.read_bars)
+
+    write_snapshots = _delegate("_snapshots", SnapshotStore.write_snapshots)
+    maintain_snapshots = _delegate("_snapshots", SnapshotStore.maintain_snapshots)
+    enqueue_snapshot = _delegate("_snapshots", SnapshotStore.enqueue_snapshot)
+    claim_snapshot_batch = _delegate("_snapshots", SnapshotStore.claim_snapshot_batch)
+    snapshot_queue_stats = _delegate("_snapshots", SnapshotStore.snapshot_queue_stats)
+    dead_letter_snapshots = _delegate("_snapshots", SnapshotStore.dead_letter_snapshots)
+    record_snapshot_miss = _delegate("_snapshots", SnapshotStore.record_snapshot_miss)
+    record_stall = _delegate("_snapshots", SnapshotStore.record_stall)
+    stalls = _delegate("_snapshots", SnapshotStore.stalls)
 
 
 def init_database(url: str | None = None, *, retention: Retention | None = None,

@@ -164,12 +164,19 @@ def stream_crypto(context: dg.OpExecutionContext, config: StreamRunConfig, tick_
     run_stream(context, "crypto", config, tick_store, alpaca_stream, bars_source)
 
 
-@dg.job(tags={STREAM_TAG: "stocks"}, description="One stock session streamed into the tick store.")
+#: Streams keep Dagster's default executor even when the platform's steps go to Celery workers
+#: (MARKET_CELERY_BROKER_URL): one websocket per account, held by one process.
+STREAM_EXECUTOR = dg.multi_or_in_process_executor
+
+
+@dg.job(tags={STREAM_TAG: "stocks"}, executor_def=STREAM_EXECUTOR,
+        description="One stock session streamed into the tick store, in one process (never on Celery workers).")
 def stock_stream_job() -> None:
     stream_stocks()
 
 
-@dg.job(tags={STREAM_TAG: "crypto"}, description="One UTC day of crypto streamed into the tick store.")
+@dg.job(tags={STREAM_TAG: "crypto"}, executor_def=STREAM_EXECUTOR,
+        description="One UTC day of crypto streamed into the tick store, in one process (never on Celery workers).")
 def crypto_stream_job() -> None:
     stream_crypto()
 
