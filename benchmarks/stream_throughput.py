@@ -11,20 +11,30 @@ reads. Measured, each against a fresh database on 127.0.0.1:5432, in this order:
     seed_executemany    the seed systems' approach: alpaca-py's pydantic models, rows batched
                         1,000 at a time into psycopg2 `executemany` INSERTs, in the handler
     seed_execute_values the same with psycopg2's `execute_values` (one multi-row INSERT)
+    isolation           the cost of validating each message (isolating any bad one, bounds, NUL
+                        checks, every frame accounted for): `platform` with the code of
+                        `--before-ref` (default main; git archive of its market_platform/ and sql/)
+                        and with this checkout, each in a process of its own, alternated
+                        `--rounds` times; the loss is 1 - after/before of the best rates
 
 Rates are rows committed over the time from the first message received to the last commit;
 the seed runs are cut at `--seed-seconds`. Prints one JSON object.
 
     python benchmarks/stream_throughput.py [--start 09:40] [--minutes 3] [--seed-seconds 30]
+        [--before-ref main] [--rounds 2] [--only-isolation]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
+import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -131,20 +141,79 @@ def seed(start, end, symbols, seconds: float, method: str) -> dict:
     }
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkout(ref: str) -> Path:
+    """A temporary directory holding `market_platform/` and `sql/` as they are at git `ref`."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "market_platform", "sql"],
+                             capture_output=True, check=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="mp_bench_ref_"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(path, filter="data")
+    return path
+
+
+def platform_in_process(code: Path, args: argparse.Namespace) -> dict:
+    """`platform` run by a fresh interpreter importing market_platform from `code`."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    done = subprocess.run([sys.executable, __file__, "--platform-only", "--start", args.start,
+                           "--minutes", str(args.minutes)], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    imported = result.pop("code")
+    assert imported.startswith(str(code)), (imported, code)  # the code meant, not the installed one
+    return result
+
+
+def isolation(args: argparse.Namespace) -> dict:
+    """`platform` with the code of `args.before_ref` and of this checkout, alternated."""
+    before_code = checkout(args.before_ref)
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    for _ in range(args.rounds):
+        runs["before"].append(platform_in_process(before_code, args))
+        runs["after"].append(platform_in_process(ROOT, args))
+    best = {k: max(r["quotes_per_s"] for r in v) for k, v in runs.items()}
+    return {
+        "before_ref": args.before_ref,
+        "before_quotes_per_s": [r["quotes_per_s"] for r in runs["before"]],
+        "after_quotes_per_s": [r["quotes_per_s"] for r in runs["after"]],
+        "before_messages_per_s": [r["messages_per_s"] for r in runs["before"]],
+        "after_messages_per_s": [r["messages_per_s"] for r in runs["after"]],
+        "after_dead_letters": [r["dead_letters"] for r in runs["after"]],
+        "loss_pct_best": round(100 * (1 - best["after"] / best["before"]), 1),
+        "loss_pct_median": round(100 * (1 - sorted(r["quotes_per_s"] for r in runs["after"])[args.rounds // 2]
+                                        / sorted(r["quotes_per_s"] for r in runs["before"])[args.rounds // 2]), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--start", default="09:40")
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--seed-seconds", type=float, default=30.0)
+    parser.add_argument("--before-ref", default="main", help="git ref of the code `isolation` compares with")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only-isolation", action="store_true", help="measure the before/after pair only")
+    parser.add_argument("--platform-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     start, end = window(args.start, args.minutes)
     symbols = SimMarket().stock_symbols(DAY)
+    if args.platform_only:
+        import market_platform
+
+        print(json.dumps({**platform(start, end, symbols), "code": market_platform.__file__}))
+        return
     results = {
         "window": f"{DAY} {args.start} New York + {args.minutes:g} min, 3,000 stocks and ETFs, full activity",
         "cpus": os.cpu_count(),
         "load_average_before": os.getloadavg(),
     }
+    results["isolation"] = isolation(args)
+    if args.only_isolation:
+        results["load_average_after"] = os.getloadavg()
+        print(json.dumps(results, indent=2))
+        return
     results["platform"] = platform(start, end, symbols)
     results["platform_alpaca_dispatch"] = platform(start, end, symbols, fast_dispatch=False)
     results["platform_deflate"] = platform(start, end, symbols, compression=True)

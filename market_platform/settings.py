@@ -59,6 +59,8 @@ ALPACA_DATA_URL_VAR = "ALPACA_DATA_URL"
 ALPACA_STREAM_URL_VAR = "ALPACA_STREAM_URL"
 ALPACA_TRADING_URL_VAR = "ALPACA_TRADING_URL"
 ALPACA_RATE_LIMIT_VAR = "ALPACA_RATE_LIMIT"
+SIM_STOCKS_VAR = "MARKET_SIM_STOCKS"
+SIM_ACTIVITY_VAR = "MARKET_SIM_ACTIVITY"
 
 
 def home() -> Path:
@@ -115,3 +117,21 @@ def sql_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"no sql/ folder beside or inside {package}")
+
+
+def sim_market_size() -> tuple[int, float]:
+    """(stocks and ETFs, activity) of the simulated market every entry point serves (backfills,
+    the stream's replay, the demo): MARKET_SIM_STOCKS (default 3000) and MARKET_SIM_ACTIVITY
+    (default 1.0, about 80 million quotes a full session at 3,000 stocks)."""
+    from market_platform.errors import ConfigError
+
+    try:
+        stocks = int(os.environ.get(SIM_STOCKS_VAR) or 3000)
+        activity = float(os.environ.get(SIM_ACTIVITY_VAR) or 1.0)
+    except ValueError:
+        stocks, activity = 0, 0.0
+    if stocks < 1 or not 0 < activity < float("inf"):
+        raise ConfigError(f"{SIM_STOCKS_VAR}={os.environ.get(SIM_STOCKS_VAR)!r}, {SIM_ACTIVITY_VAR}="
+                          f"{os.environ.get(SIM_ACTIVITY_VAR)!r}: expected a whole number of stocks >= 1 and a "
+                          "positive activity (1.0 is a full market)")
+    return stocks, activity

@@ -21,6 +21,7 @@ from market_platform.defs.resources import LakeResource, SimMarketResource, Tick
 from market_platform.defs.streaming.assets import LIVE_TABLES, quotes_daily
 from market_platform.defs.streaming.jobs import (
     DAY_TAG,
+    OP_NAMES,
     STREAM_TAG,
     crypto_stream_job,
     run_config,
@@ -30,6 +31,7 @@ from market_platform.defs.streaming.resources import AlpacaStreamResource
 from market_platform.defs.streaming.schedules import premarket_stream_schedule, quotes_archive_schedule
 from market_platform.defs.streaming.sensors import build_stream_watchdog_sensor
 from market_platform.storage.lake import Lake
+from market_platform.sources.sim import SimMarket
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming.runs import stock_window
 from market_platform_tests.fixtures.sim import SIM_DAY
@@ -95,6 +97,27 @@ def test_crypto_stream_job_streams_a_utc_day(stream_db, tmp_path, monkeypatch) -
     rows = db_rows(stream_db, "SELECT min(ts) AS lo, max(ts) AS hi, count(DISTINCT symbol) AS n FROM quotes")[0]
     assert rows["n"] == 5 and rows["lo"].date().isoformat() == rows["hi"].date().isoformat() == "2024-11-24"
     assert db_rows(stream_db, "SELECT DISTINCT stream FROM stream_stats")[0]["stream"] == "alpaca_crypto_us"
+
+
+@pytest.mark.parametrize("kind", ["stocks", "crypto"])
+def test_a_stream_job_that_cannot_reach_the_vendor_fails(stream_db, tmp_path, monkeypatch, kind) -> None:
+    """Keys that cannot connect, or a vendor that is not there: a failed run, never 0 rows and success."""
+    import socket
+
+    monkeypatch.setenv("MARKET_PLATFORM_HOME", str(tmp_path))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    path = "/v1beta3/crypto/us" if kind == "crypto" else "/v2/iex"
+    resources = _resources(stream_db, api_key="a-key", secret_key="a-secret", stream_url=f"ws://127.0.0.1:{port}{path}")
+    job = crypto_stream_job if kind == "crypto" else stock_stream_job
+    config = run_config(kind, "2024-11-24" if kind == "crypto" else SIM_DAY.isoformat(), speed=0, connect_attempts=2)
+    result = job.execute_in_process(run_config=config, resources=resources, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node(OP_NAMES[kind]).error.cause
+    assert "VendorUnavailableError" in failure.cls_name and "cannot connect to ws://127.0.0.1" in failure.message
+    assert "a-secret" not in failure.message
+    assert db_rows(stream_db, "SELECT sum(errors) AS e FROM stream_stats")[0]["e"] == 2
 
 
 def test_quotes_daily_archives_a_sessions_stock_quotes(tick_store, stream_sim, tmp_path) -> None:
@@ -231,29 +254,36 @@ def test_a_killed_stream_relaunched_by_the_sensor_leaves_only_its_gap(
     expected = bars.filter(pc.and_(pc.greater_equal(bars["ts"], pa.scalar(start, bars["ts"].type)),
                                    pc.less(bars["ts"], pa.scalar(end, bars["ts"].type))))
     assert db_rows(stream_db, "SELECT count(DISTINCT (symbol, ts)) AS n FROM bars_1m")[0]["n"] == expected.num_rows
-    # Outside the gap every quote is there, once; inside it, what the dead run had committed.
+    # Every quote is there, once: the gap's own refilled from the REST history.
     quotes = stream_sim.quotes(SIM_DAY, symbols, start=start, end=end)
-    ts = quotes["ts"]
-    outside = quotes.filter(pc.or_(pc.less(ts, pa.scalar(gap["gap_start"], ts.type)),
-                                   pc.greater_equal(ts, pa.scalar(gap["gap_end"], ts.type))))
     with TickStore(stream_db) as store:
-        stored = store.read_arrow("SELECT symbol, ts, seq FROM quotes")
+        stored = store.read_arrow("SELECT symbol, ts, seq, source FROM quotes")
     stored_keys = set(zip(stored["symbol"].to_pylist(), pc.cast(stored["ts"], pa.int64()).to_pylist(),
                           stored["seq"].to_pylist()))
-    us = pc.multiply(pc.divide(pc.cast(outside["ts"], pa.int64()), 1000), 1000).to_pylist()
-    outside_keys = set(zip(outside["symbol"].to_pylist(), us, outside["seq"].to_pylist()))
-    assert outside_keys <= stored_keys
-    assert len(stored_keys) == stored.num_rows < quotes.num_rows
+    us = pc.multiply(pc.divide(pc.cast(quotes["ts"], pa.int64()), 1000), 1000).to_pylist()
+    assert stored_keys == set(zip(quotes["symbol"].to_pylist(), us, quotes["seq"].to_pylist()))
+    assert len(stored_keys) == stored.num_rows == quotes.num_rows
+    refilled = stored["source"].to_pylist().count("alpaca_repair")
+    assert 0 < refilled == gap["repaired_quotes"] and rest.alpaca.log.count("/v2/stocks/quotes") >= 1
 
 
 def test_market_platform_stream_command(stream_db, tmp_path) -> None:
+    # The replay streams the simulated market the backfills use (MARKET_SIM_STOCKS, MARKET_SIM_ACTIVITY).
     env = _dagster_env(tmp_path, stream_db)
-    args = [str(BIN / "market-platform"), "stream", "--day", "2024-11-26", "--start", "11:00", "--end", "11:03",
-            "--stocks", "10", "--activity", "0.05"]
+    args = [str(BIN / "market-platform"), "stream", "--day", "2024-11-26", "--start", "11:00", "--end", "11:03"]
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout)
+    summary = json.loads(done.stdout)  # the report, printed once (and nothing else on stdout)
     assert summary["quotes"] == db_rows(stream_db, "SELECT count(*) AS n FROM quotes")[0]["n"] > 0
+    # One line per minute, and none of alpaca-py's noise about the close at the end.
+    for minute in ("16:00", "16:01", "16:02"):
+        assert f"alpaca_stocks_iex 2024-11-26 {minute} UTC: quotes +" in done.stderr, done.stderr[-2000:]
+    assert "sent 1000 (OK)" not in done.stderr and "done:" not in done.stderr
+    # One simulated market: the streamed bars are the bars a backfill of the same market gets.
+    stored = db_rows(stream_db, "SELECT symbol, ts, open, high, low, close, volume FROM bars_1m ORDER BY 1, 2")
+    market = SimMarket(7, n_stocks=20, activity=0.02).minute_bars(SIM_DAY, sorted({r["symbol"] for r in stored}))
+    backfilled = {(r["symbol"], r["ts"]): r for r in market.to_pylist()}
+    assert stored and all(r["volume"] == backfilled[(r["symbol"], r["ts"])]["volume"] for r in stored)
     holiday = subprocess.run(args[:3] + ["2024-07-04"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert holiday.returncode == 2 and holiday.stderr.strip() == "error: 2024-07-04 is not a trading session (an exchange holiday)"
 

@@ -153,3 +153,35 @@ def test_errors_have_alpaca_bodies(replay):
     throttled = requests.get(url, params=params, headers=headers(replay), timeout=10)
     assert throttled.status_code == 429 and throttled.json()["code"] == 42910000
     assert throttled.headers["X-RateLimit-Remaining"] == "0" and "Retry-After" not in throttled.headers
+
+
+def test_historical_quotes_and_trades_in_alpaca_py_models_and_pages(replay, sim):
+    """/v2/stocks/{quotes,trades} and the crypto forms, as alpaca-py's strict models read them."""
+    from alpaca.data.requests import CryptoTradesRequest, StockQuotesRequest, StockTradesRequest
+
+    replay.alpaca.page_cap = 250
+    start = datetime(2024, 11, 26, 15, 0, tzinfo=UTC)
+    end = start + timedelta(minutes=5)
+    request = dict(symbol_or_symbols=["AAPL", "SPY"], start=start, end=end, feed=DataFeed.IEX)
+    quotes = stocks(replay).get_stock_quotes(StockQuotesRequest(**request))
+    trades = stocks(replay).get_stock_trades(StockTradesRequest(**request))
+    expected_quotes = sim.quotes(SIM_DAY, ["AAPL", "SPY"], start=start, end=end + timedelta(microseconds=1))
+    expected_trades = sim.trades(SIM_DAY, ["AAPL", "SPY"], start=start, end=end + timedelta(microseconds=1))
+    assert sum(len(v) for v in quotes.data.values()) == expected_quotes.num_rows > 250  # paged
+    assert sum(len(v) for v in trades.data.values()) == expected_trades.num_rows
+    assert replay.alpaca.log.count("/v2/stocks/quotes") == math.ceil(expected_quotes.num_rows / 250)
+    first = quotes["AAPL"][0]
+    row = expected_quotes.filter(pc.equal(expected_quotes["symbol"], "AAPL")).slice(0, 1).to_pylist()[0]
+    assert (first.bid_price, first.ask_size, first.bid_exchange, first.conditions, first.tape) == (
+        row["bid_price"], row["ask_size"], row["bid_exchange"], row["conditions"].split(","), row["tape"])
+    trade = trades["SPY"][0]
+    assert trade.id > 0 and trade.exchange and trade.conditions and trade.timestamp.tzinfo is not None
+    crypto = CryptoHistoricalDataClient(url_override=replay.alpaca_url).get_crypto_trades(
+        CryptoTradesRequest(symbol_or_symbols="BTC/USD", start=start, end=end))  # no key needed
+    assert len(crypto["BTC/USD"]) == sim.trades(SIM_DAY, ["BTC/USD"], start=start, end=end).num_rows > 0
+    empty = requests.get(f"{replay.alpaca_url}/v2/stocks/trades", headers=headers(replay),
+                         params={"symbols": "ZZZZ", "start": start.isoformat(), "end": end.isoformat()}).json()
+    assert empty == {"trades": {}, "next_page_token": None}
+    bad = requests.get(f"{replay.alpaca_url}/v2/stocks/quotes", headers=headers(replay),
+                       params={"symbols": "AAPL';--", "start": start.isoformat()})
+    assert bad.status_code == 400 and "invalid symbol" in bad.json()["message"]

@@ -26,7 +26,7 @@ from market_platform.sources.alpaca import AlpacaSource
 from market_platform.sources.vendor import RetryPolicy
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming import Streamer
-from market_platform.streaming.repair import alpaca_fetcher
+from market_platform.streaming.repair import alpaca_history
 from market_platform_tests.fixtures.sim import SIM_DAY
 from market_platform_tests.fixtures.stream import stream_config, window
 
@@ -286,10 +286,10 @@ def test_a_silent_stall_is_detected_recorded_repaired_and_alerted(store, replay,
 
     alerter = Alerter(store, [feed_health.silent_stall_rule()], json_file=tmp_path / "alerts.jsonl")
     with AlpacaReplay(ReplayData(SimProvider(stream_sim)), keys={"k": "s"}) as rest:  # repairs over REST
-        fetch = alpaca_fetcher(AlpacaSource("k", "s", data_url=rest.url, trading_url=rest.url, rate_limit=None,
-                                            feed="sip"))
-        found = feed_health.check_feed(store, start, end, fetch=fetch, alerter=alerter)
-        again = feed_health.check_feed(store, start, end, fetch=fetch, alerter=alerter)
+        history = alpaca_history(AlpacaSource("k", "s", data_url=rest.url, trading_url=rest.url, rate_limit=None,
+                                              feed="sip"))
+        found = feed_health.check_feed(store, start, end, history=history, alerter=alerter)
+        again = feed_health.check_feed(store, start, end, history=history, alerter=alerter)
     stall_start, stall_end = start + 3 * MINUTE, start + 8 * MINUTE
     assert [(s.symbol, s.start, s.end, s.silent_minutes) for s in found.stalls] == \
         [("AAPL", stall_start, stall_end, 5), ("MSFT", stall_start, stall_end, 5)]

@@ -142,3 +142,23 @@ def test_from_env(replay):
         AlpacaSource.from_env({})
     with pytest.raises(ConfigError, match="feed 'delayed'"):
         AlpacaSource.from_env({**env, "ALPACA_FEED": "delayed"})
+
+
+def test_quotes_and_trades_have_the_stream_s_keys_and_values(replay, sim):
+    """The REST history of a window is the stream's, row for row: a gap refilled from it collapses
+    against what the stream delivered (key (symbol, ts, seq) / (symbol, ts, exchange, trade_id))."""
+    replay.alpaca.page_cap = 400
+    start = datetime(2024, 11, 26, 14, 30, tzinfo=UTC)
+    end = start + timedelta(minutes=4)
+    symbols = sim.stock_symbols(SIM_DAY)[:6] + ["BTC/USD"]
+    source = replay.alpaca_source(retry=FAST_RETRY, symbols_per_request=4)
+    calls = source.requests
+    for what in ("quotes", "trades"):
+        got = getattr(source, what)(symbols, start, end, source=Source.ALPACA_REPAIR)
+        expected = getattr(sim, what)(SIM_DAY, symbols, start=start, end=end)
+        expected = expected.sort_by([("symbol", "ascending"), ("ts", "ascending")])
+        assert got.drop_columns(["source"]).equals(expected.drop_columns(["source"]).combine_chunks()), what
+        assert set(got["source"].to_pylist()) == {"alpaca_repair"}
+    assert source.requests - calls >= 6  # two symbol batches and the crypto pair, each paged
+    with pytest.raises(InvalidInputError, match="not before"):
+        source.quotes(["AAPL"], end, start)

@@ -17,8 +17,7 @@ import pytest
 from market_platform.errors import VendorAuthError, VendorError
 from market_platform.replay.alpaca_stream import MALFORMED_KINDS
 from market_platform.storage.timescale import TickStore, start_embedded, stop_embedded
-from market_platform.streaming import Streamer, sim_fetcher
-from market_platform.streaming.repair import alpaca_fetcher
+from market_platform.streaming import Streamer, alpaca_history, sim_history
 from market_platform_tests.fixtures.sim import SIM_DAY
 from market_platform_tests.fixtures.stream import db_rows, stream_config, window
 
@@ -90,34 +89,44 @@ def test_every_message_sent_is_stored_exactly_once(tick_store, replay_factory, s
     assert db_rows(url, "SELECT count(*) AS n FROM stream_gaps")[0]["n"] == 0
 
 
-def test_drops_and_silence_are_recorded_and_repaired(stream_db, replay_factory, replay, stream_sim, tmp_path) -> None:
+def _rows(table: pa.Table) -> Counter:
+    """Every column but `source`, times at PostgreSQL's microseconds: rows compared whole."""
+    names = [n for n in table.column_names if n not in ("source", "ts")]
+    return Counter(zip(table["symbol"].to_pylist(), _us(table), *(table[n].to_pylist() for n in names)))
+
+
+def test_a_tcp_cut_and_a_short_silence_are_refilled_to_the_clean_baseline(
+    stream_db, replay_factory, replay, stream_sim, tmp_path
+) -> None:
     # Repairs come from the Alpaca REST replay through the real alpaca-py REST client.
-    start, end = window("10:00", 20)
+    start, end = window("10:00", 10)
     stream = replay_factory(start=start, end=end, speed=120)
-    stream.drop(at=start + 5 * MINUTE)
-    stream.silence(3.0, at=start + 12 * MINUTE)
-    config = stream_config(stream, start, end, tmp_path, stale_after=0.8)
-    rest = alpaca_fetcher(replay.alpaca_source(feed="iex"))
-    report = Streamer(config, store_url=stream_db, fetch_minute_bars=rest).run()
-    assert replay.alpaca.log.count("/v2/stocks/bars") >= 2
+    stream.drop(abort=True, at=start + 2 * MINUTE)   # TCP cut: no close frame, what was in flight is lost
+    stream.silence(2.0, at=start + 6 * MINUTE)        # 4 minutes of events, too short for the stale check
+    config = stream_config(stream, start, end, tmp_path, stale_after=15.0)
+    report = Streamer(config, store_url=stream_db, history=alpaca_history(replay.alpaca_source(feed="iex"))).run()
+    symbols = list(config.symbols)
+    sent = stream.sent_counts()
+    assert sum(sent["quotes"].values()) < stream_sim.expected_quote_count(SIM_DAY, symbols)  # the faults lost data
+
+    # After repair the window is whole: every quote, trade and bar, each once, equal to the market's.
+    assert _rows(_read(stream_db, "quotes")) == _rows(stream_sim.quotes(SIM_DAY, symbols, start=start, end=end))
+    assert _rows(_read(stream_db, "trades")) == _rows(stream_sim.trades(SIM_DAY, symbols, start=start, end=end))
+    stored = _read(stream_db, "bars_1m")
+    expected = _bars(_in_window(stream_sim.minute_bars(SIM_DAY, symbols), start, end))
+    assert _bars(stored) == expected and stored.num_rows == len(expected)
 
     gaps = db_rows(stream_db, "SELECT * FROM stream_gaps ORDER BY gap_start")
-    assert len(gaps) == 2 and report.gaps == 2 and report.reconnects == 2
-    assert "closed" in gaps[0]["reason"] and gaps[1]["reason"].startswith("stale")
+    assert report.gaps == len(gaps) >= 2 and report.reconnects == 1
+    assert "connection" in gaps[0]["reason"] and any("incomplete minutes" in g["reason"] for g in gaps[1:])
     for gap in gaps:
-        assert gap["gap_end"] > gap["gap_start"] and gap["repaired_at"] is not None
-        assert gap["symbols"].strip("{}").split(",") == list(config.symbols)
-    # Every minute's bar is there, from the stream or, where the stream had none, from REST.
-    stored = _read(stream_db, "bars_1m")
-    expected = _bars(_in_window(stream_sim.minute_bars(SIM_DAY, list(config.symbols)), start, end))
-    assert _bars(stored) == expected and len(stored) == len(expected)
-    repaired = stored.filter(pc.equal(stored["source"], "alpaca_repair"))
-    assert 0 < repaired.num_rows == sum(g["repaired_bars"] for g in gaps) == report.repaired_bars
-    # What was sent (a graceful close sends what was queued first) is stored, once.
-    sent = stream.sent_counts()
-    assert _per_symbol(stream_db, "quotes") == sent["quotes"]
-    assert _per_symbol(stream_db, "trades") == sent["trades"]
-    assert sum(sent["quotes"].values()) < stream_sim.expected_quote_count(SIM_DAY, list(config.symbols))
+        assert gap["repaired_at"] is not None and gap["repair_error"] is None and gap["repair_calls"] >= 3
+    for column in ("quotes", "trades", "bars"):
+        assert sum(g[f"repaired_{column}"] for g in gaps) == getattr(report, f"repaired_{column}") > 0
+    assert [r["quotes"] for r in report.repairs] == [g["repaired_quotes"] for g in gaps]
+    assert replay.alpaca.log.count("/v2/stocks/quotes") >= 2 and replay.alpaca.log.count("/v2/stocks/trades") >= 2
+    repaired = _read(stream_db, "quotes").filter(pc.equal(pc.field("source"), "alpaca_repair"))
+    assert repaired.num_rows == report.repaired_quotes
 
 
 @pytest.mark.parametrize("fast_dispatch", [True, False], ids=["fast-dispatch", "alpaca-dispatch"])
@@ -156,7 +165,7 @@ def test_the_database_away_for_30_seconds_loses_nothing(replay_factory, stream_s
         start, end = window("09:30", 40)
         replay = replay_factory(start=start, end=end, speed=60)
         streamer = Streamer(stream_config(replay, start, end, tmp_path, stale_after=30.0), store_url=url,
-                            fetch_minute_bars=sim_fetcher(stream_sim))
+                            history=sim_history(stream_sim))
         result: dict = {}
         thread = threading.Thread(target=lambda: result.setdefault("report", streamer.run()), daemon=True)
         thread.start()

@@ -16,8 +16,8 @@ from market_platform.errors import StorageError
 from market_platform.replay.alpaca_stream import encode_bars, encode_quotes, encode_trades
 from market_platform.schemas import BARS, QUOTES, TRADES
 from market_platform.storage.timescale import TickStore
-from market_platform.streaming.convert import Converter, event_ns
-from market_platform.streaming.pipeline import Op, Pipeline, Unit
+from market_platform.streaming.convert import Bounds, Converter, event_ns
+from market_platform.streaming.pipeline import Batch, Op, Pipeline, Unit
 from market_platform.streaming.spool import Spool, SpoolEntry
 from market_platform.streaming.stats import LagHistogram, StreamStats, log_line
 from market_platform_tests.fixtures.sim import SIM_DAY
@@ -160,9 +160,13 @@ def test_lag_percentiles_and_minute_rows() -> None:
     minute = datetime(2024, 11, 26, 14, 30, tzinfo=UTC)
     stats.start(minute)
     stats.add(received=10, quotes_inserted=7, duplicates=3)
-    assert stats.roll(minute, 0) is None
-    row = stats.roll(minute + timedelta(minutes=1), queue_depth=2)
+    assert stats.roll(minute, 0) == []
+    row, = stats.roll(minute + timedelta(minutes=1), queue_depth=2)
     assert (row["minute"], row["quotes_inserted"], row["quotes_total"], row["queue_depth"]) == (minute, 7, 7, 2)
+    # A clock that jumps three minutes closes the current one and gives the two it passed a row each.
+    rows = stats.roll(minute + timedelta(minutes=4), queue_depth=0)
+    assert [r["minute"] - minute for r in rows] == [timedelta(minutes=m) for m in (1, 2, 3)]
+    assert [r["received"] for r in rows] == [0, 0, 0] and rows[-1]["quotes_total"] == 7
     stats.add(quotes_inserted=5)
     assert stats.snapshot(0)["quotes_total"] == 12 and stats.snapshot(0)["quotes_inserted"] == 5
     assert "quotes +7 (7)" in log_line(row)
@@ -200,3 +204,54 @@ def test_pipeline_spools_in_order_while_the_database_is_away_and_replays_later(
     assert up.close() == 0 and up.replayed == len(parts) + 1
     assert db_rows(stream_db, "SELECT count(*) AS n FROM quotes")[0]["n"] == quotes.num_rows
     assert db_rows(stream_db, "SELECT received FROM stream_stats")[0]["received"] == 1
+
+
+def test_conditions_as_sent_bounds_and_whole_ids() -> None:
+    start = datetime(2024, 11, 26, 14, 0, tzinfo=UTC)
+    converter = Converter("test", window=(start, start + timedelta(hours=2)),
+                          bounds=Bounds(max_price=50.0, max_size=1e6))
+    quotes = [_quote(ns=1_732_631_400_000_000_000 + i) for i in range(6)]
+    quotes[1]["c"] = "RX"        # a string: stored as it came, not "R,X"
+    quotes[2]["bp"] = True        # a boolean is no price
+    quotes[3]["ap"] = 60.0        # above this stream's bound
+    quotes[4]["as"] = 2e6
+    result = converter.convert("quotes", quotes)
+    assert result.table["conditions"].to_pylist() == ["R", "RX", "R"]
+    assert [d["reason"].split(":")[0].split(",")[0] for d in result.dead] == [
+        "malformed message", "price is negative or not a finite number", "size is negative or not a finite number"]
+    assert "above 50" in result.dead[1]["reason"] and "above 1e+06" in result.dead[2]["reason"]
+    trade = {"T": "t", "S": "AAPL", "i": 1.5, "x": "D", "p": 10.0, "s": 5, "t": quotes[0]["t"]}
+    assert "whole number" in Converter("test").convert("trades", [trade]).dead[0]["reason"]
+    # The clock may move only to a valid event inside the window.
+    late = _quote(ns=4_102_444_800 * 10**9)
+    assert converter.convert("quotes", [late, quotes[0]]).max_event_ns == 1_732_631_400_000_000_000
+
+
+def test_a_spool_entry_that_cannot_be_written_is_set_aside_and_others_streams_stay(stream_db, stream_sim,
+                                                                                     tmp_path) -> None:
+    from market_platform.streaming.pipeline import _to_entry
+    from market_platform.streaming.spool import SpoolEntry
+
+    start, end = window("09:30", 1)
+    quotes = stream_sim.quotes(SIM_DAY, None, start=start, end=end)
+    spool = Spool(tmp_path / "spool")
+    spool.append(SpoolEntry({"type": "batch", "stream": "mine"}, {"quotes": pa.table({"wrong": [1, 2]})}))
+    spool.append(SpoolEntry({"type": "op", "stream": "theirs", "name": "stats", "args": {}}))
+    garbage = spool.append(SpoolEntry({"type": "batch", "stream": "mine"}, {}))
+    spool.path(garbage).write_bytes(b"MPSPOOL1\n{not json")
+    converter = Converter("mine")
+    good = converter.convert("quotes", _wire(encode_quotes(quotes, pa.array(sorted(set(quotes["symbol"].to_pylist()))),
+                                                           crypto=False)))
+    spool.append(_to_entry(Batch({"quotes": good.table}, time.time(), 0), "mine"))
+    pipeline = Pipeline(lambda: TickStore(stream_db), converter, StreamStats("mine"), spool)
+    assert pipeline.depth() == 3  # the other stream's entry is not this stream's to replay
+    pipeline.start()
+    assert pipeline.drain(30)
+    assert pipeline.close() == 0 and pipeline.set_aside == 2 and pipeline.replayed == 1
+    assert db_rows(stream_db, "SELECT count(*) AS n FROM quotes")[0]["n"] == quotes.num_rows
+    letters = db_rows(stream_db, "SELECT reason, raw FROM dead_letters ORDER BY id")
+    assert len(letters) == 2 and all(r["reason"].startswith("spool entry ") for r in letters)
+    assert any("failed 3 times" in r["reason"] for r in letters) and any("no readable header" in r["reason"]
+                                                                         for r in letters)
+    assert all(r["raw"] for r in letters)  # the entry's bytes, whole
+    assert [spool.header(s)["stream"] for s in spool._seqs()] == ["theirs"]

@@ -80,7 +80,7 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
         from market_platform.streaming.demo import stream_demo_session
 
         click.echo("")
-        stream_demo_session(last, n_stocks=stocks, store_url=store.url, echo=click.echo, every=60)
+        stream_demo_session(last, store_url=store.url, echo=click.echo)  # the market MARKET_SIM_* configure
     click.echo(f"\nbuilt {len(days)} sessions of {stocks} simulated stocks through the replay servers "
                f"{'and streamed one into the tick store ' if stream else ''}in {time.monotonic() - started:.0f}s")
     click.echo(

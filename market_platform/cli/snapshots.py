@@ -57,7 +57,7 @@ def snapshots(ctx, day, start, end, speed, crypto, provider, stocks, activity) -
     from market_platform.snapshots.poller import poll_snapshots, window
     from market_platform.snapshots.processor import drain
     from market_platform.sources.sim import SimMarket
-    from market_platform.streaming.repair import sim_fetcher
+    from market_platform.streaming.repair import sim_history
 
     market = "crypto" if crypto else "stocks"
     live = has_vendor_keys()
@@ -76,10 +76,11 @@ def snapshots(ctx, day, start, end, speed, crypto, provider, stocks, activity) -
     lo, hi = window(market, day, start=start, end=end)
     if live:
         vendors = _vendors()
-        fetch = feed_health.rest_fetcher(alpaca=vendors.alpaca, polygon=vendors.polygon)
+        history = feed_health.rest_history(alpaca=vendors.alpaca, polygon=vendors.polygon)
     else:
-        fetch = sim_fetcher(sim, crypto=crypto)
-    health = feed_health.check_feed(store, lo, min(hi, datetime.now(UTC)) if live else hi, kind=market, fetch=fetch)
+        history = sim_history(sim, crypto=crypto)
+    health = feed_health.check_feed(store, lo, min(hi, datetime.now(UTC)) if live else hi, kind=market,
+                                    history=history)
     click.echo(json.dumps({
         "queue": queue.describe(), "polled": polled.summary(), "processed": processed.summary(),
         "missed": [[m.isoformat(), reason] for m, reason in polled.missed],

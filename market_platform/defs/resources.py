@@ -232,10 +232,8 @@ def vendors_resource(market: SimMarketResource | None = None) -> VendorsResource
 def sim_market_resource() -> SimMarketResource:
     """The simulated market of `MARKET_SIM_STOCKS` stocks (default 3000) at `MARKET_SIM_ACTIVITY`
     (default 1.0: a full session of 3,000 stocks is about 80 million quotes)."""
-    return SimMarketResource(
-        n_stocks=int(os.environ.get("MARKET_SIM_STOCKS", "3000")),
-        activity=float(os.environ.get("MARKET_SIM_ACTIVITY", "1.0")),
-    )
+    n_stocks, activity = settings.sim_market_size()
+    return SimMarketResource(n_stocks=n_stocks, activity=activity)
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:

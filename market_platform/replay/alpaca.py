@@ -2,8 +2,11 @@
 as alpaca-py expects them (PROTOCOLS.md, section B).
 
 Endpoints: `/v2/stocks/bars`, `/v1beta3/crypto/us/bars` (multi-symbol, `limit` across symbols,
-`page_token` pagination with `next_page_token` always present), `/v2/assets` and
-`/v2/assets/{symbol}`, `/v2/calendar`, `/v2/clock`, and the snapshots `/v2/stocks/snapshots` and
+`page_token` pagination with `next_page_token` always present), `/v2/stocks/quotes`,
+`/v2/stocks/trades`, `/v1beta3/crypto/us/quotes`, `/v1beta3/crypto/us/trades` (the historical
+ticks, in the same shape and pagination, from the simulated market behind the provider: the
+quotes and trades the stream replay sends), `/v2/assets` and `/v2/assets/{symbol}`,
+`/v2/calendar`, `/v2/clock`, and the snapshots `/v2/stocks/snapshots` and
 `/v1beta3/crypto/us/snapshots` (replay.snapshots). Authentication by `APCA-API-KEY-ID` and
 `APCA-API-SECRET-KEY`; crypto data needs none, as at Alpaca. A key id in `sip_denied` gets 403 on
 `feed=sip`, as a free plan does.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -31,14 +35,14 @@ from market_platform.errors import InvalidInputError
 from market_platform.replay.data import ReplayData, aggregate, days_between, zone
 from market_platform.replay.http import HttpError, ReplayHTTPServer, Reply, Request
 from market_platform.replay.snapshots import SnapshotBook, SnapshotState
-from market_platform.schemas import BARS, TS
+from market_platform.schemas import BARS, QUOTES, TRADES, TS
+from market_platform.sources.alpaca import CRYPTO_SYMBOL as _CRYPTO_SYMBOL
+from market_platform.sources.alpaca import STOCK_SYMBOL as _STOCK_SYMBOL
 
 UTC = timezone.utc
 _TIMEFRAME = re.compile(r"^(\d+)(Min|T|Hour|H|Day|D)$")
 _UNITS = {"Min": ("minute", 59), "T": ("minute", 59), "Hour": ("hour", 23), "H": ("hour", 23),
           "Day": ("day", 1), "D": ("day", 1)}
-_STOCK_SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,20}$")
-_CRYPTO_SYMBOL = re.compile(r"^[A-Z0-9]{1,15}/[A-Z0-9]{1,15}$")
 _FEEDS = ("sip", "iex", "otc", "boats", "delayed_sip")
 _ADJUSTMENTS = {"raw", "split", "dividend", "spin-off", "all"}
 #: Listing MIC -> the exchange name alpaca-py's enum accepts.
@@ -66,6 +70,10 @@ class AlpacaReplay(ReplayHTTPServer):
         self.keys, self.sip_denied, self.page_cap = dict(keys), frozenset(sip_denied), page_cap
         self.route(r"/v2/stocks/bars", lambda request: self.bars(request, "stocks"))
         self.route(r"/v1beta3/crypto/us/bars", lambda request: self.bars(request, "crypto"))
+        for what in ("quotes", "trades"):
+            self.route(rf"/v2/stocks/{what}", lambda request, what=what: self.ticks(request, "stocks", what))
+            self.route(rf"/v1beta3/crypto/us/{what}", lambda request, what=what: self.ticks(request, "crypto", what))
+        self._tick_cache: OrderedDict[tuple, pa.Table] = OrderedDict()
         self.route(r"/v2/assets", self.assets)
         self.route(r"/v2/assets/(.+)", self.asset)
         self.route(r"/v2/calendar", self.calendar)
@@ -112,23 +120,31 @@ class AlpacaReplay(ReplayHTTPServer):
 
     # ----------------------------------------------------------------------- bars
 
-    def bars(self, request: Request, kind: str) -> Reply:
+    def _market_data_query(self, request: Request, kind: str) -> tuple[list[str], datetime, datetime, int]:
+        """What every market-data request of `kind` names: symbols, start and end (inclusive),
+        the page limit; and the feed (stocks), which the plan must include."""
         q = request.query
         symbols = _symbols(q, kind)
-        unit, multiplier = _timeframe(q.get("timeframe"))
-        start = _time(q.get("start"), end=False) if q.get("start") else \
+        start = _time(q["start"], end=False) if q.get("start") else \
             datetime.combine(self._today(), datetime.min.time(), tzinfo=calendar.NEW_YORK).astimezone(UTC)
-        end = _time(q.get("end"), end=True) if q.get("end") else self.now()
+        end = _time(q["end"], end=True) if q.get("end") else self.now()
         if start > end:
             raise InvalidInputError("end should not be before start")
         limit = int(q.get("limit") or 1000)
         if not 1 <= limit <= 10_000:
             raise InvalidInputError(f"invalid limit: {limit} (expected 1 to 10000)")
+        if kind == "stocks":
+            self._check_feed(request)
+        return symbols, start, end, limit
+
+    def bars(self, request: Request, kind: str) -> Reply:
+        q = request.query
+        symbols, start, end, limit = self._market_data_query(request, kind)
+        unit, multiplier = _timeframe(q.get("timeframe"))
         order = q.get("sort") or "asc"
         if order not in ("asc", "desc"):
             raise InvalidInputError(f"invalid sort: {order}")
         if kind == "stocks":
-            self._check_feed(request)
             adjustment = q.get("adjustment") or "raw"
             if not set(adjustment.split(",")) <= _ADJUSTMENTS:
                 raise InvalidInputError(f"invalid adjustment: {adjustment}")
@@ -164,6 +180,62 @@ class AlpacaReplay(ReplayHTTPServer):
         bars = aggregate(table, unit, multiplier, tz=zone(kind))
         ts = bars.column("ts")
         return bars.filter(pc.and_(pc.greater_equal(ts, pa.scalar(start, TS)), pc.less_equal(ts, pa.scalar(end, TS))))
+
+    # ----------------------------------------------------------------------- historical quotes and trades
+    #
+    # GET /v2/stocks/{quotes,trades} and /v1beta3/crypto/us/{quotes,trades}: the ticks of the
+    # simulated market (`SimMarket.quotes` / `trades`, what the stream replay sends), as
+    # {"quotes"|"trades": {symbol: [tick, ...]}, "next_page_token": ...}, sorted by symbol then
+    # time, `limit` (1-10,000, default 1,000) ticks per page across symbols. `start` and `end`
+    # are inclusive; `t` is RFC 3339 with nanoseconds, so a tick's time is exactly the stream's.
+
+    def ticks(self, request: Request, kind: str, what: str) -> Reply:
+        q = request.query
+        symbols, start, end, limit = self._market_data_query(request, kind)
+        if (q.get("sort") or "asc") != "asc":
+            raise InvalidInputError("this replay serves sort=asc only")
+        table = self._tick_table(kind, what, symbols, start, end)
+        after_symbol, after_row = _token(q.get("page_token"))
+        names = table.column("symbol").to_numpy(zero_copy_only=False) if table.num_rows else np.array([], object)
+        first = 0
+        if after_symbol is not None:
+            first = int(np.searchsorted(names, after_symbol, side="left")) + int(after_row or 0)
+        page = table.slice(first, min(limit, self.page_cap))
+        token = None
+        if first + page.num_rows < table.num_rows:
+            symbol = names[first + page.num_rows]
+            token = _make_token(symbol, first + page.num_rows - int(np.searchsorted(names, symbol, side="left")))
+        out: dict[str, list[dict[str, Any]]] = {}
+        rows = (_quote_dicts if what == "quotes" else _trade_dicts)(page, crypto=kind == "crypto")
+        for symbol, row in zip(page.column("symbol").to_pylist(), rows, strict=True):
+            out.setdefault(symbol, []).append(row)
+        return Reply(200, {what: out, "next_page_token": token})
+
+    def _tick_table(self, kind: str, what: str, symbols: list[str], start: datetime, end: datetime) -> pa.Table:
+        """The ticks in [start, end], sorted by (symbol, ts); the last few requests are kept, so
+        the pages of one request are cut from one table."""
+        key = (kind, what, tuple(symbols), start, end)
+        if key in self._tick_cache:
+            self._tick_cache.move_to_end(key)
+            return self._tick_cache[key]
+        market = getattr(self.data.provider, "sim", None)
+        if market is None:
+            raise HttpError(404, {"code": 40410000, "message": f"this replay has no {what}"})
+        parts = []
+        stop = end + timedelta(microseconds=1)  # `end` is inclusive
+        for day in days_between(start, end, kind):
+            # Symbols the market does not know (on that day) simply have no ticks, as at Alpaca.
+            listed = set(market.symbols(day, category="crypto") if kind == "crypto" else market.stock_symbols(day))
+            known = [s for s in symbols if s in listed]
+            if known:
+                fetch = market.quotes if what == "quotes" else market.trades
+                parts.append(fetch(day, known, start=start, end=stop))
+        table = pa.concat_tables(parts).sort_by([("symbol", "ascending"), ("ts", "ascending")]) if parts else \
+            (QUOTES if what == "quotes" else TRADES).empty_table()
+        self._tick_cache[key] = table
+        while len(self._tick_cache) > 4:
+            self._tick_cache.popitem(last=False)
+        return table
 
     # ----------------------------------------------------------------------- trading API
 
@@ -384,6 +456,44 @@ def _token(text: str | None) -> tuple[str | None, int | None]:
         return symbol, int(ts)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInputError(f"invalid page_token: {text}") from None
+
+
+def _rfc3339_ns(column: pa.ChunkedArray | pa.Array) -> list[str]:
+    ts = pc.cast(column, pa.int64()).to_numpy(zero_copy_only=False)
+    return [t + "Z" for t in np.datetime_as_string(ts.view("M8[ns]"), unit="ns").tolist()]
+
+
+def _shares(values: list) -> list:
+    """Sizes as Alpaca sends them: whole numbers as integers."""
+    return [int(v) if v is not None and float(v).is_integer() else v for v in values]
+
+
+def _codes(values: list) -> list:
+    return [v.split(",") if v else ([] if v == "" else None) for v in values]
+
+
+def _quote_dicts(table: pa.Table, *, crypto: bool) -> list[dict[str, Any]]:
+    t = _rfc3339_ns(table.column("ts"))
+    bp, ap = table.column("bid_price").to_pylist(), table.column("ask_price").to_pylist()
+    bs, asz = _shares(table.column("bid_size").to_pylist()), _shares(table.column("ask_size").to_pylist())
+    if crypto:
+        return [{"t": a, "bp": b, "bs": c, "ap": d, "as": e} for a, b, c, d, e in zip(t, bp, bs, ap, asz, strict=True)]
+    bx, ax = table.column("bid_exchange").to_pylist(), table.column("ask_exchange").to_pylist()
+    c, z = _codes(table.column("conditions").to_pylist()), table.column("tape").to_pylist()
+    return [{"t": a, "ax": f, "ap": d, "as": e, "bx": g, "bp": b, "bs": cc, "c": h, "z": i}
+            for a, b, cc, d, e, f, g, h, i in zip(t, bp, bs, ap, asz, ax, bx, c, z, strict=True)]
+
+
+def _trade_dicts(table: pa.Table, *, crypto: bool) -> list[dict[str, Any]]:
+    t = _rfc3339_ns(table.column("ts"))
+    p, s = table.column("price").to_pylist(), _shares(table.column("size").to_pylist())
+    i = table.column("trade_id").to_numpy().view(np.uint64).tolist()  # ids are unsigned at the vendor
+    if crypto:
+        return [{"t": a, "p": b, "s": c, "i": d} for a, b, c, d in zip(t, p, s, i, strict=True)]
+    x, c, z = table.column("exchange").to_pylist(), _codes(table.column("conditions").to_pylist()), \
+        table.column("tape").to_pylist()
+    return [{"t": a, "x": e, "p": b, "s": cc, "c": f, "i": d, "z": g}
+            for a, b, cc, d, e, f, g in zip(t, p, s, i, x, c, z, strict=True)]
 
 
 def _bar_dicts(table: pa.Table) -> list[dict[str, Any]]:

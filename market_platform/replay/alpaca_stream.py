@@ -24,6 +24,8 @@ Faults on command, as methods (thread-safe) or over HTTP on the same port
                 prices, an unknown symbol, or a non-map item inside a valid array
     duplicate   send the next `frames` data frames twice
     correct     send late corrections (`u` messages) for bars of the last closed minute
+    inject      send the given frames as they are (bytes: binary frames, str: text frames), in
+                order, between data frames: any message a vendor might send (method only)
     stall       a silent stall: send nothing for `symbols` (comma-separated) for `minutes` of
                 market time while everything else flows; they keep trading (REST and snapshots
                 show it), the connection stays up
@@ -590,6 +592,11 @@ class _Feed:
         for name, kwargs in pending:
             if name == "malformed":
                 await self._send_malformed(kwargs["what"])
+            elif name == "inject":
+                for frame in kwargs["frames"]:
+                    await self._send_raw(frame)
+                self.server.injected.append({"kind": "inject", "feed": self.kind, "at_ns": self.clock_ns,
+                                             "frames": len(kwargs["frames"])})
             else:
                 self.pending_faults.append((name, kwargs))
 
@@ -622,14 +629,18 @@ class _Feed:
             frame = msgpack.packb([42, {**quote, "bp": 9.99, "ap": 10.02}])
         else:
             raise InvalidInputError(f"unknown malformed kind {kind!r}: expected one of {', '.join(MALFORMED_KINDS)}")
+        await self._send_raw(text if text is not None else frame)
+        self.server.injected.append({"kind": kind, "feed": self.kind, "at_ns": self.clock_ns})
+
+    async def _send_raw(self, frame: bytes | str) -> None:
+        """One frame as it is to every subscribed connection that is not silenced."""
         for conn in list(self.connections):
             if not conn.subscribed() or time.time() < conn.silent_until:
                 continue
             try:
-                await conn.ws.send(text if text is not None else frame)
+                await conn.ws.send(frame)
             except ConnectionClosed:
                 continue
-        self.server.injected.append({"kind": kind, "feed": self.kind, "at_ns": self.clock_ns})
 
     async def _broadcast(self, encoded: _Encoded) -> None:
         per_frame = self.server.frame_messages
@@ -968,6 +979,10 @@ class AlpacaStreamReplay:
         """Send each of the next `frames` data frames twice."""
         self._fault("duplicate", kind, at, frames=frames)
 
+    def inject(self, frames: Sequence[bytes | str], *, kind: str | None = None, at: datetime | None = None) -> None:
+        """Send `frames` as they are (see the module docstring), now or when the clock reaches `at`."""
+        self._fault("inject", kind, at, frames=list(frames))
+
     def correct(self, count: int = 5, *, kind: str | None = None, at: datetime | None = None) -> None:
         """Send `u` corrections for up to `count` bars of the last closed minute (recorded in
         `corrections`): one more trade of 100 shares at the close."""
@@ -1023,13 +1038,13 @@ class AlpacaStreamReplay:
         elif name == "duplicate":
             for conn in feed.connections:
                 conn.duplicate_frames += int(kwargs.get("frames", 1))
-        elif name in ("malformed", "correct"):
+        elif name in ("malformed", "correct", "inject"):
             feed.pending_faults.append((name, kwargs))
         elif name == "stall":
             feed.stall(kwargs["symbols"], float(kwargs["minutes"]), kwargs.get("from_ns"))
         else:
             raise InvalidInputError(
-                f"unknown fault {name!r}: expected drop, silence, malformed, duplicate, correct or stall")
+                f"unknown fault {name!r}: expected drop, silence, malformed, duplicate, correct, inject or stall")
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"url": self.base_url, "speed": self.speed, "feeds": {}}

@@ -9,8 +9,9 @@ stream's per-minute statistics and outside every disconnect gap it recorded (a r
 was relaunched records the gap between them too).
 
 Each stall becomes a `stream_gaps` row of kind `silent_stall` (one per symbol and stretch of
-minutes; a stall that goes on extends its row), its bars are repaired from REST through the
-stream's repair (`streaming.repair.repair_window`), and it raises the built-in `silent_stall`
+minutes; a stall that goes on extends its row), its quotes, trades and bars are refilled from
+the vendor's history through the stream's repair (`streaming.repair_gaps`), and it raises the
+built-in `silent_stall`
 alert (alert rules on the `stream_stalls` dataset can add others). Everything is idempotent: a
 check over the same minutes again records, repairs and alerts nothing new.
 
@@ -29,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 
 from market_platform.analytics.alerts import Alerter, Report, Rule
-from market_platform.errors import ConfigError, InvalidInputError, MarketPlatformError
-from market_platform.schemas import STREAM_STALLS, Source
+from market_platform.errors import ConfigError, InvalidInputError
+from market_platform.schemas import QUOTES, STREAM_STALLS, TRADES, Source
 from market_platform.storage.timescale import TickStore
-from market_platform.streaming.repair import MinuteBarsFetcher, alpaca_fetcher, floor_minute, repair_window
+from market_platform.streaming.repair import Gap, History, alpaca_history, floor_minute, repair_gaps
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,10 @@ def find_stalls(store: TickStore, start: datetime, end: datetime, *, kind: str =
 
 
 def check_feed(store: TickStore, start: datetime, end: datetime, *, kind: str = "stocks",
-               fetch: MinuteBarsFetcher | None = None, alerter: Alerter | None = None,
+               history: History | None = None, alerter: Alerter | None = None,
                min_minutes: int = MIN_SILENT_MINUTES) -> FeedHealthReport:
     """Find the stalls of [start, end), record them as stream_gaps (kind silent_stall), repair
-    every unrepaired stall of the window through `fetch` (None: record only), and raise an alert
+    every unrepaired stall of the window from `history` (None: record only), and raise an alert
     through `alerter` for each new one."""
     stream, stalls = find_stalls(store, start, end, kind=kind, min_minutes=min_minutes)
     report = FeedHealthReport(stream, start, end, stalls)
@@ -173,44 +174,60 @@ def check_feed(store: TickStore, start: datetime, end: datetime, *, kind: str = 
                            "gap_id": gap_id, "silent_minutes": stall.silent_minutes})
         if new:
             log.warning("%s: %s (gap %d)", stream, reason, gap_id)
-    if fetch is not None:
-        repair(store, fetch, start, end, report, stream=stream)
+    if history is not None:
+        repair(store, history, start, end, report, stream=stream)
     if alerter is not None and alert_rows:
         report.alerts = alerter.evaluate(STALL_DATASET, pa.Table.from_pylist(alert_rows, schema=STREAM_STALLS))
     return report
 
 
-def repair(store: TickStore, fetch: MinuteBarsFetcher, start: datetime, end: datetime,
+def repair(store: TickStore, history: History, start: datetime, end: datetime,
            report: FeedHealthReport, *, stream: str | None = None) -> None:
-    """Repair each unrepaired silent stall overlapping [start, end) from REST, like a disconnect's gap."""
-    for gap in store.stalls(start, end, stream=stream):
-        if gap["repaired_at"] is not None:
-            continue
-        lo, hi = floor_minute(gap["gap_start"]), floor_minute(gap["gap_end"])
-        try:
-            bars = repair_window(store, fetch, [gap["symbol"]], lo, hi)
-            store.mark_gap_repaired(gap["id"], repaired_bars=bars)
-        except (MarketPlatformError, OSError, ValueError) as exc:
-            report.repair_failures.append(f"gap {gap['id']} ({gap['symbol']} {lo:%H:%M}-{hi:%H:%M} UTC): {exc}")
+    """Refill each unrepaired silent stall overlapping [start, end) from the vendor's history, like
+    a disconnect's gap: the symbol's quotes and trades of the stall, and the bars of its minutes."""
+    gaps = [Gap(g["gap_start"], g["gap_end"], (g["symbol"],), g["id"], g.get("reason") or "")
+            for g in store.stalls(start, end, stream=stream) if g["repaired_at"] is None]
+    for result in repair_gaps(store, history, gaps, bars_until=lambda gap: floor_minute(gap.end)):
+        gap = result.gap
+        if result.error is not None:
+            report.repair_failures.append(
+                f"gap {gap.id} ({gap.symbols[0]} {gap.start:%H:%M}-{gap.end:%H:%M} UTC): {result.error}")
             log.warning("stall repair failed: %s", report.repair_failures[-1])
             continue
         report.repaired_gaps += 1
-        report.repaired_bars += bars
+        report.repaired_bars += result.bars
 
 
-def rest_fetcher(*, alpaca=None, polygon=None) -> MinuteBarsFetcher:
-    """The stream's repair source: Alpaca's REST history (`AlpacaSource`), as for disconnects, or
-    Polygon's aggregates (`PolygonSource`) when Alpaca is not configured."""
+class _PolygonBars:
+    """Polygon's aggregates as a repair history: bars only (the platform reads no Polygon ticks)."""
+
+    def __init__(self, polygon) -> None:
+        self.polygon = polygon
+
+    @property
+    def calls(self) -> int:
+        return self.polygon.gate.stats.requests
+
+    def bars(self, symbols, start: datetime, end: datetime) -> pa.Table:
+        return pa.concat_tables([self.polygon.bars(symbol, start, end) for symbol in symbols])
+
+    def quotes(self, symbols, start: datetime, end: datetime) -> pa.Table:
+        return QUOTES.empty_table()
+
+    def trades(self, symbols, start: datetime, end: datetime) -> pa.Table:
+        return TRADES.empty_table()
+
+
+def rest_history(*, alpaca=None, polygon=None) -> History:
+    """The stream's repair source: Alpaca's REST history (`AlpacaSource`: bars, quotes and
+    trades), as for disconnects, or Polygon's aggregates (`PolygonSource`: bars only) when Alpaca
+    is not configured."""
     if alpaca is not None:
-        return alpaca_fetcher(alpaca)
+        return alpaca_history(alpaca)
     if polygon is None:
         raise ConfigError("no REST vendor to repair silent stalls from: set ALPACA_API_KEY/ALPACA_SECRET_KEY "
                           "or POLYGON_API_KEY")
-
-    def fetch(symbols, start: datetime, end: datetime) -> pa.Table:
-        return pa.concat_tables([polygon.bars(symbol, start, end) for symbol in symbols])
-
-    return fetch
+    return _PolygonBars(polygon)
 
 
 def session_report(store: TickStore, start: datetime, end: datetime) -> dict[str, Any]:

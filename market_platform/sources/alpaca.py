@@ -1,8 +1,10 @@
-"""Alpaca REST through alpaca-py: historical bars, assets and the calendar, into Arrow.
+"""Alpaca REST through alpaca-py: historical bars, quotes and trades, assets and the calendar, into Arrow.
 
     source = AlpacaSource.from_env()          # ALPACA_API_KEY, ALPACA_SECRET_KEY, ALPACA_FEED, ...
     bars = source.minute_bars(date(2024, 11, 26), ["AAPL", "BTC/USD"])
     repair = source.bars(["AAPL"], start, end, source=Source.ALPACA_REPAIR)   # any window
+    quotes = source.quotes(["AAPL"], start, end)      # the ticks the stream sends, same keys
+    trades = source.trades(["AAPL"], start, end)
     assets = source.universe("us_equities", date.today())
 
 alpaca-py's requests session has no timeout and sleeps 3 s three times on 429/504 with no rate
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone
@@ -34,7 +37,7 @@ from requests.adapters import HTTPAdapter
 
 from market_platform import calendar, settings
 from market_platform.errors import ConfigError, InvalidInputError, UnknownSymbolError, VendorError
-from market_platform.schemas import BARS, CATEGORIES, TS, UNIVERSE, Source, conform
+from market_platform.schemas import BARS, CATEGORIES, QUOTES, TRADES, TS, UNIVERSE, Source, conform, quote_seq
 from market_platform.sources import symbols as sym
 from market_platform.sources.vendor import RetryPolicy, VendorGate, rate_from_env, rate_limiter, symbol_list
 
@@ -45,11 +48,31 @@ DEFAULT_TRADING_URL = "https://paper-api.alpaca.markets"
 BASIC_PLAN_RATE = 200
 FEEDS = ("iex", "sip")
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "1d")
+#: Alpaca's symbol syntax: stocks (AAPL, BRK.B, a share class or a warrant suffix after . or -)
+#: and crypto pairs (BTC/USD). Anything else gets 400 "invalid syntax" from its stream.
+STOCK_SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,20}$")
+CRYPTO_SYMBOL = re.compile(r"^[A-Z0-9]{1,15}/[A-Z0-9]{1,15}$")
 #: The universe categories Alpaca's assets tell apart (it has no ETF flag).
 ALPACA_CATEGORIES = ("us_equities", "otc", "crypto")
 #: Alpaca exchange names -> listing MICs.
 MICS = {"NYSE": "XNYS", "NASDAQ": "XNAS", "AMEX": "XASE", "ARCA": "ARCX", "NYSEARCA": "ARCX", "BATS": "BATS",
         "OTC": "OTCM"}
+
+
+def check_symbol_syntax(symbols: Sequence[str], *, crypto: bool) -> None:
+    """Raise InvalidInputError naming the first symbols that are not Alpaca stock symbols (or
+    crypto pairs, with `crypto`), or when there is none."""
+    names = list(symbols)
+    if not names:
+        raise InvalidInputError("no symbols: expected at least one" + (" pair like BTC/USD" if crypto else
+                                                                       " ticker like AAPL"))
+    pattern = CRYPTO_SYMBOL if crypto else STOCK_SYMBOL
+    bad = [s for s in names if not isinstance(s, str) or not pattern.match(s)]
+    if bad:
+        shown = ", ".join(repr(s)[:40] for s in bad[:5])
+        expected = ("crypto pairs like BTC/USD (letters and digits, one slash)" if crypto else
+                    "tickers like AAPL or BRK.B (capital letters, digits, '.' or '-', up to 21 characters)")
+        raise InvalidInputError(f"symbols {shown}{' ...' if len(bad) > 5 else ''}: expected {expected}")
 
 
 class _GatedAdapter(HTTPAdapter):
@@ -211,6 +234,66 @@ class AlpacaSource:
                     feed=DataFeed(self.feed), adjustment=Adjustment.RAW))
         return _bars_table(raw, source)
 
+    # ----------------------------------------------------------------------- quotes and trades
+
+    def quotes(self, symbols: Sequence[str], start: datetime, end: datetime, *,
+               source: Source | str = Source.ALPACA_REST) -> pa.Table:
+        """Quotes (schemas.QUOTES) of `symbols` with `ts` in [start, end), sorted by (symbol, ts):
+        the same fields the stream sends, so a quote has the same key (symbol, ts, seq) whether
+        it came from the stream or from here (e.g. refilling a stream gap)."""
+        return self._ticks("quotes", symbols, start, end, str(source))
+
+    def trades(self, symbols: Sequence[str], start: datetime, end: datetime, *,
+               source: Source | str = Source.ALPACA_REST) -> pa.Table:
+        """Trades (schemas.TRADES) of `symbols` with `ts` in [start, end), as `quotes`."""
+        return self._ticks("trades", symbols, start, end, str(source))
+
+    def _ticks(self, what: str, symbols: Sequence[str], start: datetime, end: datetime, source: str) -> pa.Table:
+        from alpaca.data.enums import DataFeed
+        from alpaca.data.requests import (
+            CryptoQuoteRequest,
+            CryptoTradesRequest,
+            StockQuotesRequest,
+            StockTradesRequest,
+        )
+
+        if start.tzinfo is None or end.tzinfo is None:
+            raise InvalidInputError("start and end must be timezone-aware datetimes")
+        if start >= end:
+            raise InvalidInputError(f"start {start.isoformat()} is not before end {end.isoformat()}")
+        names = symbol_list(symbols)
+        schema = QUOTES if what == "quotes" else TRADES
+        tables = []
+        for crypto in (False, True):
+            wanted = [s for s in names if sym.is_crypto(s) == crypto]
+            for i in range(0, len(wanted), self.symbols_per_request):
+                chunk = wanted[i:i + self.symbols_per_request]
+                with self._mapped(f"{what} of {', '.join(chunk[:5])}{'...' if len(chunk) > 5 else ''}"):
+                    # `end` is inclusive at Alpaca: ticks at `end` itself are dropped below.
+                    if crypto:
+                        request = (CryptoQuoteRequest if what == "quotes" else CryptoTradesRequest)(
+                            symbol_or_symbols=chunk, start=start, end=end)
+                        fetch = self._crypto.get_crypto_quotes if what == "quotes" else self._crypto.get_crypto_trades
+                    else:
+                        request = (StockQuotesRequest if what == "quotes" else StockTradesRequest)(
+                            symbol_or_symbols=chunk, start=start, end=end, feed=DataFeed(self.feed))
+                        fetch = self._stocks.get_stock_quotes if what == "quotes" else self._stocks.get_stock_trades
+                    raw = fetch(request)
+                table = (_quotes_table if what == "quotes" else _trades_table)(raw, source, crypto)
+                if table.num_rows:
+                    tables.append(table)
+        if not tables:
+            return schema.empty_table()
+        table = pa.concat_tables(tables)
+        ts = table.column("ts")
+        keep = pc.and_(pc.greater_equal(ts, pa.scalar(start, TS)), pc.less(ts, pa.scalar(end, TS)))
+        return table.filter(keep).sort_by([("symbol", "ascending"), ("ts", "ascending")])
+
+    @property
+    def requests(self) -> int:
+        """REST requests sent so far (pages and retries included)."""
+        return self.gate.stats.requests
+
     def check_symbols(self, symbols: Sequence[str]) -> None:
         """Raise UnknownSymbolError naming every symbol Alpaca has no asset for."""
         unknown = []
@@ -358,6 +441,54 @@ def _bars_table(raw: Mapping[str, list[dict[str, Any]]], source: str) -> pa.Tabl
         pa.array([b.get("n") for b in rows], pa.int64()),
         pa.repeat(pa.scalar(source, pa.string()), n),
     ], schema=BARS)
+
+
+def _flatten(raw: Mapping[str, list[dict[str, Any]]]) -> tuple[list[str], list[dict[str, Any]]]:
+    symbols, rows = [], []
+    for symbol, items in raw.items():
+        symbols.extend([symbol] * len(items))
+        rows.extend(items)
+    return symbols, rows
+
+
+def _codes(value: Any) -> str | None:
+    """Conditions as the vendor sent them: a list of codes comma-joined, a string as it is (as
+    the stream's converter stores them)."""
+    return ",".join(value) if isinstance(value, list) else value
+
+
+def _tick_times(rows: list[dict[str, Any]]) -> pa.Array:
+    return pc.cast(pa.array([r["t"] for r in rows], pa.string()), TS)
+
+
+def _quotes_table(raw: Mapping[str, list[dict[str, Any]]], source: str, crypto: bool) -> pa.Table:
+    symbols, rows = _flatten(raw)
+    n = len(rows)
+    if not n:
+        return QUOTES.empty_table()
+    ts = _tick_times(rows)
+    prices = [pa.array([r[k] for r in rows], pa.float64()) for k in ("bp", "bs", "ap", "as")]
+    texts = [pa.array([r.get(k) for r in rows], pa.string()) for k in ("bx", "ax")]
+    conditions = pa.array([_codes(r.get("c")) for r in rows], pa.string())
+    return pa.Table.from_arrays([
+        pa.array(symbols, pa.string()), ts, *prices, *texts, conditions, pa.array([r.get("z") for r in rows], pa.string()),
+        quote_seq(ts, *prices), pa.repeat(pa.scalar(source, pa.string()), n),
+    ], schema=QUOTES)
+
+
+def _trades_table(raw: Mapping[str, list[dict[str, Any]]], source: str, crypto: bool) -> pa.Table:
+    symbols, rows = _flatten(raw)
+    n = len(rows)
+    if not n:
+        return TRADES.empty_table()
+    return pa.Table.from_arrays([
+        pa.array(symbols, pa.string()), _tick_times(rows),
+        pa.array([r["p"] for r in rows], pa.float64()), pa.array([r["s"] for r in rows], pa.float64()),
+        pa.array(["" if crypto else r["x"] for r in rows], pa.string()),
+        pa.array([r["i"] for r in rows], pa.uint64()).view(pa.int64()),  # as the stream stores ids
+        pa.array([_codes(r.get("c")) for r in rows], pa.string()), pa.array([r.get("z") for r in rows], pa.string()),
+        pa.repeat(pa.scalar(source, pa.string()), n),
+    ], schema=TRADES)
 
 
 def _sorted(table: pa.Table) -> pa.Table:

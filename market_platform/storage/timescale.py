@@ -178,6 +178,7 @@ class TickStore:
     record_gap = _delegate("_writers", Writers.record_gap)
     close_gap = _delegate("_writers", Writers.close_gap)
     mark_gap_repaired = _delegate("_writers", Writers.mark_gap_repaired)
+    mark_gap_repair_failed = _delegate("_writers", Writers.mark_gap_repair_failed)
     write_dead_letters = _delegate("_writers", Writers.write_dead_letters)
 
     read_arrow = _delegate("_reads", Reads.read_arrow)

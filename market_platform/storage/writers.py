@@ -342,13 +342,26 @@ class Writers:
         if cur.rowcount != 1:
             raise InvalidInputError(f"no stream gap with id {gap_id}")
 
-    def mark_gap_repaired(self, gap_id: int, *, repaired_bars: int, repaired_at: datetime | None = None) -> None:
-        """Record that a gap was backfilled with `repaired_bars` bars."""
+    def mark_gap_repaired(self, gap_id: int, *, repaired_bars: int, repaired_at: datetime | None = None,
+                          repaired_quotes: int | None = None, repaired_trades: int | None = None,
+                          repair_calls: int | None = None) -> None:
+        """Record that a gap was backfilled with `repaired_bars` bars (and `repaired_quotes`
+        quotes, `repaired_trades` trades, in `repair_calls` REST calls, when given)."""
         with self._connection.session() as conn, conn.transaction():
             cur = conn.execute(
-                "UPDATE stream_gaps SET repaired_at = %s, repaired_bars = %s WHERE id = %s",
-                (aware(repaired_at, "repaired_at") if repaired_at else datetime.now(UTC), repaired_bars, gap_id),
+                "UPDATE stream_gaps SET repaired_at = %s, repaired_bars = %s, repaired_quotes = %s, "
+                "repaired_trades = %s, repair_calls = %s, repair_error = NULL WHERE id = %s",
+                (aware(repaired_at, "repaired_at") if repaired_at else datetime.now(UTC), repaired_bars,
+                 repaired_quotes, repaired_trades, repair_calls, gap_id),
             )
+        if cur.rowcount != 1:
+            raise InvalidInputError(f"no stream gap with id {gap_id}")
+
+    def mark_gap_repair_failed(self, gap_id: int, error: str, *, repair_calls: int | None = None) -> None:
+        """Record why a gap's repair failed (it stays unrepaired, for a later sweep)."""
+        with self._connection.session() as conn, conn.transaction():
+            cur = conn.execute("UPDATE stream_gaps SET repair_error = %s, repair_calls = %s WHERE id = %s",
+                               (_escape_nul(error), repair_calls, gap_id))
         if cur.rowcount != 1:
             raise InvalidInputError(f"no stream gap with id {gap_id}")
 

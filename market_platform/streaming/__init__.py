@@ -2,11 +2,13 @@
 
 No Dagster here; `market_platform.defs.streaming` wraps it in jobs, schedules and sensors.
 
-    Streamer, StreamConfig, StreamReport   the streamer (streamer.py)
-    MinuteBarsFetcher, sim_fetcher         gap repair's REST source (repair.py)
+    Streamer, StreamConfig, StreamReport    the streamer (streamer.py)
+    History, sim_history, alpaca_history    the vendor history that checks minutes and refills gaps
+    Gap, repair_gaps                        refill a list of gaps (repair.py)
 """
 
-from market_platform.streaming.repair import MinuteBarsFetcher, sim_fetcher
+from market_platform.streaming.repair import Gap, GapRepair, History, alpaca_history, repair_gaps, sim_history
 from market_platform.streaming.streamer import StreamConfig, Streamer, StreamReport
 
-__all__ = ["MinuteBarsFetcher", "StreamConfig", "StreamReport", "Streamer", "sim_fetcher"]
+__all__ = ["Gap", "GapRepair", "History", "StreamConfig", "StreamReport", "Streamer", "alpaca_history",
+           "repair_gaps", "sim_history"]

@@ -1,8 +1,10 @@
-"""The streaming part of `market-platform demo`: a whole simulated session, compressed, into the tick store.
+"""The streaming part of `market-platform demo`: the close of a simulated session, compressed, into the tick store.
 
-A replay of the simulated market serves the session as fast as alpaca-py reads it; the real
-alpaca-py client, the streamer and binary COPY put it in the tick store; then the minutes are
-counted back from the database (what is stored, by the minute of the events) and printed.
+A replay of the simulated market (the one the backfills use: MARKET_SIM_STOCKS, MARKET_SIM_ACTIVITY,
+so a streamed bar equals the backfilled bar of the same minute) serves the window as fast as
+alpaca-py reads it; the real alpaca-py client, the streamer and binary COPY put it in the tick
+store; then the minutes are counted back from the database (what is stored, by the minute of the
+events) and printed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from datetime import date, datetime, timezone
 from typing import Callable
 
-from market_platform import calendar
+from market_platform import calendar, settings
 from market_platform.sources.sim import SimMarket
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming.runs import stream_window
@@ -40,26 +42,28 @@ def minute_counts(store: TickStore, start: datetime, end: datetime) -> list[dict
 def stream_demo_session(
     day: date | str | None = None,
     *,
-    n_stocks: int = 100,
-    activity: float = 0.05,
+    market: SimMarket | None = None,
+    n_stocks: int | None = None,
     speed: float | None = None,
-    start: str | None = None,
-    end: str | None = None,
+    start: str | None = "15:55",
+    end: str | None = "16:00",
     store_url: str | None = None,
     echo: Callable[[str], None] = print,
-    every: int = 30,
+    every: int = 1,
 ) -> tuple[StreamReport, list[dict]]:
-    """Stream the simulated session `day` (default: the last completed one) into the tick store at
-    `speed` times real time (None: as fast as it goes), print the stored counts per minute (a
-    line per `every` minutes, each with its busiest minute) and the totals; return the report and
-    the per-minute counts."""
+    """Stream [start, end) New York of the simulated session `day` (default: the last completed
+    one; the window: the last five minutes of regular trading, the busiest of the day) into the
+    tick store at `speed` times real time (None: as fast as it goes), print the stored counts per
+    minute (a line per `every` minutes, each with its busiest minute) and the totals; return the
+    report and the per-minute counts. `market`: the simulated market (default the one the
+    environment configures for every entry point; `n_stocks` overrides its size)."""
     day = calendar.to_date(day) if day else calendar.default_calendar().last_completed_session(datetime.now(UTC))
-    market = SimMarket(n_stocks=n_stocks, activity=activity)
+    if market is None:
+        stocks, activity = settings.sim_market_size()
+        market = SimMarket(n_stocks=n_stocks or stocks, activity=activity)
     logging.getLogger("market_platform.streaming").setLevel(logging.WARNING)  # the demo prints its own lines
-    # alpaca-py warns "restarting connection" when the replay closes the socket at the session's
-    # end; a real disconnect shows in the totals as a gap.
-    logging.getLogger("alpaca.data.live.websocket").setLevel(logging.ERROR)
-    echo(f"streaming the session of {day} ({n_stocks} simulated stocks, activity {activity}) "
+    echo(f"streaming {start or 'the pre-market open'}-{end or 'the after-hours close'} New York of the session of "
+         f"{day} ({market.n_stocks} simulated stocks, activity {market.activity:g}) "
          f"{'as fast as it goes' if speed is None else f'at {speed:g}x real time'} ...")
     report = stream_window("stocks", day, market=market, start=start, end=end, speed=speed, store_url=store_url,
                            stale_after=30.0, repair_delay=0.0)

@@ -16,6 +16,14 @@ is away; meanwhile the spool takes the stream. Memory holds at most the two queu
 Writes are idempotent: quotes and trades are COPYed straight into their tables while no key
 repeats (fast), and through the deduplicating path when one does, after any retry and for
 everything replayed from the spool; bars are upserts, so a `u` correction replaces its bar.
+
+Nothing one message holds can stop the writer: rows the database refuses for their content
+(text it cannot store, a value out of its range: `_CONTENT_ERRORS`) are isolated by writing the
+batch in halves, and those alone become dead letters. Any other failure ends the writer:
+`failure` holds it, `drain()` returns at once, the stream fails the run with it, and what was
+not written stays in the spool for the next run. A spooled entry that cannot be read, or keeps
+failing for what it holds, is moved to `dead_letters`, whole, and the replay goes on.
+Entries name their stream: a spool shared by mistake replays only this stream's.
 """
 
 from __future__ import annotations
@@ -37,13 +45,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from market_platform.errors import DatabaseUnavailableError, InvalidInputError, StorageError
+from market_platform.storage.server import one_line
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming.convert import (
     Converter,
     dead_letter_rows,
     dead_letter_table,
 )
-from market_platform.streaming.spool import Spool, SpoolEntry
+from market_platform.streaming.spool import Spool, SpoolEntry, SpoolReadError
 from market_platform.streaming.stats import StreamStats
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,13 @@ NS = 1_000_000_000
 _KINDS = ("quotes", "trades", "bars")
 _LAG_SAMPLE = 2048  # rows of a batch whose lag is measured
 _REPLAY_ROWS = 100_000  # spooled batches are replayed merged up to about this many rows
+_SPOOL_ATTEMPTS = 3  # a spooled entry that fails this often for anything but an outage is set aside
+#: What the database refuses for a row's content (class 22 data exceptions, class 23 integrity
+#: violations other than a repeated key, which the dedupe path handles).
+_CONTENT_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+#: What a spooled entry's own content can raise when written (tables an earlier version wrote,
+#: values the database refuses); anything else (a refusal of every write) stops the writer.
+_ENTRY_ERRORS = (*_CONTENT_ERRORS, InvalidInputError, pa.ArrowException, KeyError, ValueError, TypeError)
 
 
 @dataclass
@@ -64,7 +80,6 @@ class Unit:
     bars: list
     dead: list[dict] = field(default_factory=list)
     arrived: float = 0.0   # wall time the first message arrived
-    max_event_ns: int = 0  # latest event time among the messages
 
     def __len__(self) -> int:
         return len(self.quotes) + len(self.trades) + len(self.bars)
@@ -72,7 +87,8 @@ class Unit:
 
 @dataclass
 class Op:
-    """Bookkeeping that travels with the data, in order: `gap` or `stats`."""
+    """Bookkeeping that travels with the data, in order: `gap` or `stats`; and `close_gap` (the
+    run's end, for a gap no valid event closed)."""
 
     name: str
     args: dict[str, Any]
@@ -85,14 +101,16 @@ class Batch:
     max_event_ns: int
     done: set[str] = field(default_factory=set)
     retried: bool = False
+    min_event_ns: int = 0
 
 
 class Pipeline:
     """The converter and writer threads of one stream (see the module docstring).
 
-    `store_factory` makes the writer's own TickStore; `on_gap(gap_id, start, end)` is called by
-    the writer after it records a gap; `event_to_wall` maps event times (ns, an array) to the
-    wall time they happened (seconds), for the lag from event to commit (None: from arrival).
+    `store_factory` makes the writer's own TickStore; `on_gap(gap_id, start, end, reason)` is
+    called by the writer after it records a gap; `event_to_wall` maps event times (ns, an array)
+    to the wall time they happened (seconds), for the lag from event to commit (None: from
+    arrival).
     """
 
     def __init__(
@@ -104,7 +122,7 @@ class Pipeline:
         *,
         queue_units: int = 8,
         queue_batches: int = 4,
-        on_gap: Callable[[int, datetime, datetime], None] | None = None,
+        on_gap: Callable[[int, datetime, datetime, str], None] | None = None,
         event_to_wall: Callable[[np.ndarray], np.ndarray] | None = None,
         checkpoint: Path | None = None,
         spool_after: float = 1.0,
@@ -118,8 +136,8 @@ class Pipeline:
         self._checkpoint = checkpoint
         self._spool_after = spool_after
         self._route = threading.Lock()
-        self._spooling = not spool.empty()
-        self._inflight = len(spool)
+        self._inflight = spool.count(self._mine)  # entries of another stream stay where they are
+        self._spooling = self._inflight > 0
         self._idle = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -136,6 +154,13 @@ class Pipeline:
         self._pending_seq: list[int] | None = None  # its spool entries, when it came from the spool
         self._stop_now = False
         self._stop_now_event = threading.Event()
+        self.converted_event_ns = 0  # the latest valid event time converted so far (the clock)
+        self.first_event_ns = 0      # the earliest valid event time of the first data converted
+        self._held: Op | None = None  # a gap waiting for the first valid event after it
+        self.failure: BaseException | None = None  # what ended the writer, if anything did
+        self.set_aside = 0  # spooled entries moved to dead_letters
+        self._entry_failures: dict[int, int] = {}
+        self._replay_single = False
 
     # -- the event loop's side -------------------------------------------------------------
 
@@ -167,7 +192,7 @@ class Pipeline:
         with self._idle:
             while self._inflight > 0:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self.failure is not None:
                     return False
                 self._idle.wait(min(left, 0.5))
         return True
@@ -192,15 +217,20 @@ class Pipeline:
             except queue.Empty:
                 break
         if older:
-            self.spool.prepend([_to_entry(item) for item in older])
+            self.spool.prepend([_to_entry(item, self.converter.stream) for item in older])
         while True:
             try:
                 item = self._raw.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(item, Op) and item.name == "close_gap":
+                continue
             self._spool(self._convert(item) if isinstance(item, Unit) else item)
+        if self._held is not None and "late_after_ns" not in self._held.args:
+            self._spool(self._held)  # a gap no valid event closed: recorded open, the sweep closes it
+        self._held = None
         self._write_checkpoint(force=True)
-        return len(self.spool)
+        return self.spool.count(self._mine)
 
     def _done(self, count: int = 1) -> None:
         with self._idle:
@@ -215,19 +245,51 @@ class Pipeline:
                 item = self._raw.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if isinstance(item, Op) and item.name in ("gap", "close_gap"):
+                self._gap_op(item)
+                continue
             try:
                 converted = self._convert(item) if isinstance(item, Unit) else item
             except Exception:  # a bug here must not stop the stream: keep the messages as dead letters
                 log.exception("%s: could not convert a batch", self.converter.stream)
                 converted = self._as_dead_letters(item)
                 self.stats.add(errors=1)
+            if isinstance(converted, Batch) and converted.min_event_ns:
+                self.first_event_ns = self.first_event_ns or converted.min_event_ns
+                if self._held is not None:
+                    self._release(converted.min_event_ns)
             self._route_item(converted)
+
+    def _gap_op(self, op: Op) -> None:
+        """Gaps whose end is the first valid event after them are held until it is converted;
+        `close_gap` (the run's end) closes one that none came for."""
+        if op.name == "close_gap":
+            if self._held is not None:
+                self._release(op.args["end_ns"], closing=True)
+            self._done(1)
+        elif op.args.get("end_ns") is not None:
+            self._route_item(op)
+        elif self._held is None:
+            self._held = op
+        else:  # disconnected again before any valid event: the held gap, from earlier, covers it
+            self._done(1)
+
+    def _release(self, end_ns: int, *, closing: bool = False) -> None:
+        op, self._held = self._held, None
+        args = op.args
+        late = args.pop("late_after_ns", None)
+        if late is not None and (closing or end_ns - args["start_ns"] <= late):
+            self._done(1)  # the stream started on time (or never had data: the minute check sees to it)
+            return
+        args["end_ns"] = max(end_ns, args["start_ns"])
+        self._route_item(op)
 
     def _convert(self, unit: Unit) -> Batch:
         received_at = datetime.fromtimestamp(unit.arrived or time.time(), UTC)
         tables: dict[str, pa.Table] = {}
         dead = list(unit.dead)
         filtered = 0
+        max_event_ns = min_event_ns = 0
         for kind in _KINDS:
             msgs = getattr(unit, kind)
             if msgs:
@@ -235,17 +297,21 @@ class Pipeline:
                 tables[kind] = result.table
                 dead += result.dead
                 filtered += result.filtered
+                max_event_ns = max(max_event_ns, result.max_event_ns)
+                if result.min_event_ns:
+                    min_event_ns = min(min_event_ns or result.min_event_ns, result.min_event_ns)
         if dead:
             tables["dead_letters"] = dead_letter_table(dead)
         self.stats.add(dead_letters=len(dead), filtered=filtered)
-        return Batch(tables, unit.arrived, unit.max_event_ns)
+        self.converted_event_ns = max(self.converted_event_ns, max_event_ns)
+        return Batch(tables, unit.arrived, max_event_ns, min_event_ns=min_event_ns)
 
     def _as_dead_letters(self, item: Unit | Op) -> Batch | Op:
         if isinstance(item, Op):
             return item
         rows = [self.converter.dead_letter("not converted: internal error", m) for kind in _KINDS
                 for m in getattr(item, kind)] + list(item.dead)
-        return Batch({"dead_letters": dead_letter_table(rows)} if rows else {}, item.arrived, item.max_event_ns)
+        return Batch({"dead_letters": dead_letter_table(rows)} if rows else {}, item.arrived, 0)
 
     def _route_item(self, item: Batch | Op) -> None:
         if not self._spooling:
@@ -266,7 +332,7 @@ class Pipeline:
             self._spool(item)
 
     def _spool(self, item: Batch | Op) -> None:
-        entry = _to_entry(item)
+        entry = _to_entry(item, self.converter.stream)
         while True:
             try:
                 self.spool.append(entry)
@@ -284,15 +350,19 @@ class Pipeline:
         backoff = 0.2
         try:
             while not self._stop_now:
-                if self._pending is None:
-                    self._pending, self._pending_seq = self._next_item()
-                    if self._pending is None:
-                        if self._stop.is_set():
-                            return
-                        continue
                 try:
                     if store is None:
                         store = self._store_factory()
+                    if self._pending is None:
+                        try:
+                            self._pending, self._pending_seq = self._next_item()
+                        except _Unreadable as exc:  # a spooled entry that cannot be read back
+                            self._set_aside(store, exc.seq, exc.reason)
+                            continue
+                        if self._pending is None:
+                            if self._stop.is_set():
+                                return
+                            continue
                     self._write(store, self._pending, replayed=self._pending_seq is not None)
                 except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
                     if self.db_down_since is None:
@@ -308,6 +378,11 @@ class Pipeline:
                     self._stop_now_event.wait(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
+                except Exception as exc:
+                    if self._pending_seq is None or not isinstance(exc, _ENTRY_ERRORS):
+                        raise  # not the content of a spooled entry: the writer stops and the run fails
+                    self._spooled_failure(store, exc)
+                    continue
                 if self.db_down_since is not None:
                     log.info("%s: the tick store is back after %.1f s", self.converter.stream,
                              time.monotonic() - self.db_down_since)
@@ -317,13 +392,48 @@ class Pipeline:
                 if self._pending_seq is not None:
                     for seq in self._pending_seq:
                         self.spool.remove(seq)
+                        self._entry_failures.pop(seq, None)
                     self.replayed += len(self._pending_seq)
                     finished = len(self._pending_seq)
                 self._pending, self._pending_seq = None, None
                 self._done(finished)
+        except Exception as exc:
+            self.failure = exc
+            log.error("%s: the writer stopped: %s", self.converter.stream, one_line(exc))
+            with self._idle:
+                self._idle.notify_all()
         finally:
             if store is not None:
                 store.close()
+
+    def _spooled_failure(self, store: TickStore | None, exc: Exception) -> None:
+        """A replayed spool entry failed for something other than an outage: it is tried alone,
+        and after `_SPOOL_ATTEMPTS` failures set aside in dead_letters."""
+        seqs, self._pending, self._pending_seq = self._pending_seq or [], None, None
+        log.warning("%s: replaying spooled entries %s failed: %s", self.converter.stream, seqs, one_line(exc))
+        self._replay_single = True
+        if len(seqs) != 1:
+            return  # merged entries: the next round takes them one by one
+        seq = seqs[0]
+        self._entry_failures[seq] = self._entry_failures.get(seq, 0) + 1
+        if self._entry_failures[seq] >= _SPOOL_ATTEMPTS:
+            self._set_aside(store or self._store_factory(), seq, f"failed {_SPOOL_ATTEMPTS} times: {one_line(exc)}")
+
+    def _set_aside(self, store: TickStore, seq: int, reason: str) -> None:
+        """Move spool entry `seq` to dead_letters, whole (its file's bytes), and go on."""
+        path = self.spool.path(seq)
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            raw = None
+        store.write_dead_letters([{"stream": self.converter.stream, "raw": raw,
+                                   "reason": f"spool entry {path.name} set aside: {reason}"[:1000]}])
+        self.spool.remove(seq)
+        self._entry_failures.pop(seq, None)
+        self.set_aside += 1
+        self.stats.add(dead_letters=1, errors=1)
+        log.error("%s: spool entry %s moved to dead_letters: %s", self.converter.stream, path.name, reason)
+        self._done(1)
 
     def _next_item(self) -> tuple[Batch | Op | None, list[int] | None]:
         try:
@@ -332,16 +442,32 @@ class Pipeline:
             pass
         with self._route:
             if self._spooling:
-                run = self.spool.oldest_run(_REPLAY_ROWS, _mergeable)
+                run = self._oldest_run()
                 if run:
-                    return _merge([_from_entry(e) for e in run]), [e.seq for e in run]
+                    try:
+                        return _merge([_from_entry(e) for e in run]), [e.seq for e in run]
+                    except Exception as exc:  # entries this version cannot make a batch of
+                        if len(run) == 1:
+                            raise _Unreadable(run[0].seq, f"not an entry this version can write: {one_line(exc)}")
+                        self._replay_single = True  # one at a time, to find the one at fault
+                        return None, None
                 if self._db.empty():
                     self._spooling = False
+                    self._replay_single = False
                     log.info("%s: spool drained", self.converter.stream)
         try:
             return self._db.get(timeout=0.1), None
         except queue.Empty:
             return None, None
+
+    def _mine(self, header: dict[str, Any]) -> bool:
+        return header.get("stream", self.converter.stream) == self.converter.stream
+
+    def _oldest_run(self) -> list[SpoolEntry]:
+        try:
+            return self.spool.oldest_run(1 if self._replay_single else _REPLAY_ROWS, _mergeable, accept=self._mine)
+        except SpoolReadError as exc:
+            raise _Unreadable(exc.seq, str(exc)) from None
 
     def _write(self, store: TickStore, item: Batch | Op, *, replayed: bool) -> None:
         if isinstance(item, Op):
@@ -359,10 +485,10 @@ class Pipeline:
             if kind == "dead_letters":
                 store.write_dead_letters(dead_letter_rows(table))
             elif kind == "bars":
-                written = store.write_bars(table)
+                written = self._isolated(store, kind, table, lambda t: store.write_bars(t))
                 self.stats.add(bars_inserted=written, duplicates=table.num_rows - written)
             else:
-                written = self._insert(store, kind, table, safe)
+                written = self._isolated(store, kind, table, lambda t: self._insert(store, kind, t, safe))
                 self.stats.add(**{f"{kind}_inserted": written, "duplicates": table.num_rows - written})
                 committed = time.time()
                 self._lags(table, committed, item.arrived)
@@ -373,6 +499,48 @@ class Pipeline:
             if item.arrived and (self.first_arrival is None or item.arrived < self.first_arrival):
                 self.first_arrival = item.arrived
         self._write_checkpoint()
+
+    def _isolated(self, store: TickStore, kind: str, table: pa.Table, write: Callable[[pa.Table], int]) -> int:
+        """`write(table)`; when the database refuses it for some row's content, the table is
+        written in halves until the refused rows stand alone: they become dead letters (with the
+        database's reason), everything else is stored. Returns the rows written. A failure of
+        every row of a larger table is no row's fault: it is raised."""
+        try:
+            return write(table)
+        except _CONTENT_ERRORS as exc:
+            if isinstance(exc, psycopg.errors.UniqueViolation):
+                raise
+            error = exc
+        refused: list[tuple[int, BaseException]] = [(0, error)] if table.num_rows == 1 else []
+        written = self._halves(kind, table, 0, write, refused) if table.num_rows > 1 else 0
+        if table.num_rows > 1 and len(refused) == table.num_rows:
+            raise error
+        rows = [self.converter.dead_letter(f"the tick store refused the {kind[:-1]}: {one_line(exc)}"[:500],
+                                           _row_message(table.slice(i, 1)))
+                for i, exc in refused]
+        store.write_dead_letters(rows)
+        self.stats.add(dead_letters=len(rows))
+        log.warning("%s: %d %s refused by the tick store went to dead_letters (%s)", self.converter.stream,
+                    len(rows), kind, one_line(error))
+        return written
+
+    def _halves(self, kind: str, table: pa.Table, offset: int, write: Callable[[pa.Table], int],
+                refused: list[tuple[int, BaseException]]) -> int:
+        middle = table.num_rows // 2
+        written = 0
+        for part, start in ((table.slice(0, middle), 0), (table.slice(middle), middle)):
+            if not part.num_rows:
+                continue
+            try:
+                written += write(part)
+            except _CONTENT_ERRORS as exc:
+                if isinstance(exc, psycopg.errors.UniqueViolation):
+                    raise
+                if part.num_rows == 1:
+                    refused.append((offset + start, exc))
+                else:
+                    written += self._halves(kind, part, offset + start, write, refused)
+        return written
 
     def _insert(self, store: TickStore, kind: str, table: pa.Table, safe: bool) -> int:
         write = store.write_quotes if kind == "quotes" else store.write_trades
@@ -394,18 +562,18 @@ class Pipeline:
         self.stats.add_lags(np.maximum((committed - self._event_to_wall(ts)) * 1000.0, 0.0))
 
     def _write_op(self, store: TickStore, op: Op) -> None:
-        if op.name == "stats":
-            store.write_stream_stats([op.args])
+        if op.name == "stats":  # {"rows": [row, ...]}, or one row (spooled by an earlier version)
+            store.write_stream_stats(op.args["rows"] if "rows" in op.args else [op.args])
         elif op.name == "gap":
             args = op.args
             start = datetime.fromtimestamp(args["start_ns"] / NS, UTC)
-            end = datetime.fromtimestamp(args["end_ns"] / NS, UTC)
-            gap_id = store.record_gap(self.converter.stream, start, max(start, end), reason=args["reason"],
-                                      symbols=args.get("symbols", ()))
+            end = datetime.fromtimestamp(args["end_ns"] / NS, UTC) if args.get("end_ns") is not None else None
+            gap_id = store.record_gap(self.converter.stream, start, max(start, end) if end else None,
+                                      reason=args["reason"], symbols=args.get("symbols", ()))
             log.warning("%s: gap %d recorded: %s .. %s UTC (%s)", self.converter.stream, gap_id,
-                        f"{start:%H:%M:%S}", f"{end:%H:%M:%S}", args["reason"])
-            if self._on_gap is not None:
-                self._on_gap(gap_id, start, max(start, end))
+                        f"{start:%H:%M:%S}", f"{end:%H:%M:%S}" if end else "open", args["reason"])
+            if self._on_gap is not None and end is not None:
+                self._on_gap(gap_id, start, max(start, end), args["reason"])
         else:
             raise InvalidInputError(f"unknown pipeline op {op.name!r}")
 
@@ -422,6 +590,20 @@ class Pipeline:
             log.warning("%s: cannot write the checkpoint %s: %s", self.converter.stream, self._checkpoint, exc)
 
 
+class _Unreadable(Exception):
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(reason)
+        self.seq, self.reason = seq, reason
+
+
+def _row_message(row: pa.Table) -> dict[str, Any]:
+    """One stored row as a message-like dict for its dead letter (times in ns)."""
+    out = row.to_pylist()[0]
+    if "ts" in out:
+        out["ts"] = int(pc.cast(row.column("ts"), pa.int64())[0].as_py())
+    return out
+
+
 def read_checkpoint(path: Path) -> int | None:
     """The latest committed event time (ns) a previous run of the stream recorded, if any."""
     try:
@@ -430,16 +612,24 @@ def read_checkpoint(path: Path) -> int | None:
         return None
 
 
-def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in args.items():
-        out[key] = {"__datetime__": value.isoformat()} if isinstance(value, datetime) else value
-    return out
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"__datetime__": value.isoformat()}
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
 
 
-def _from_jsonable(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: datetime.fromisoformat(v["__datetime__"]) if isinstance(v, dict) and "__datetime__" in v else v
-            for k, v in args.items()}
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__datetime__" in value:
+            return datetime.fromisoformat(value["__datetime__"])
+        return {key: _from_jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(item) for item in value]
+    return value
 
 
 def _mergeable(entry: SpoolEntry) -> bool:
@@ -458,10 +648,10 @@ def _merge(items: list[Batch | Op]) -> Batch | Op:
     return Batch(merged, min(i.arrived for i in items), max(i.max_event_ns for i in items), retried=True)
 
 
-def _to_entry(item: Batch | Op) -> SpoolEntry:
+def _to_entry(item: Batch | Op, stream: str) -> SpoolEntry:
     if isinstance(item, Op):
-        return SpoolEntry({"type": "op", "name": item.name, "args": _jsonable(item.args)})
-    return SpoolEntry({"type": "batch", "arrived": item.arrived, "max_event_ns": item.max_event_ns,
+        return SpoolEntry({"type": "op", "stream": stream, "name": item.name, "args": _jsonable(item.args)})
+    return SpoolEntry({"type": "batch", "stream": stream, "arrived": item.arrived, "max_event_ns": item.max_event_ns,
                        "done": sorted(item.done)}, {k: t for k, t in item.tables.items() if k not in item.done})
 
 

@@ -22,7 +22,7 @@ from market_platform import calendar
 from market_platform.errors import InvalidInputError
 from market_platform.replay.alpaca_stream import AlpacaStreamReplay
 from market_platform.sources.sim import SimMarket
-from market_platform.streaming.repair import MinuteBarsFetcher, alpaca_fetcher, sim_fetcher
+from market_platform.streaming.repair import History, alpaca_history, sim_history
 
 if TYPE_CHECKING:
     from market_platform.streaming.streamer import StreamConfig, StreamReport
@@ -76,6 +76,23 @@ def crypto_window(day: date | str, *, now: datetime | None = None) -> tuple[date
     return lo, hi
 
 
+def today(kind: str, now: datetime | None = None) -> date:
+    """Today's stock session date (New York) or crypto day (UTC)."""
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC if kind == "crypto" else calendar.NEW_YORK).date()
+
+
+def check_live_day(kind: str, day: date, now: datetime | None = None) -> None:
+    """A live feed streams what happens now: raise InvalidInputError for any day but today."""
+    current = today(kind, now)
+    if day != current:
+        what = "UTC day" if kind == "crypto" else "session"
+        raise InvalidInputError(
+            f"day {day.isoformat()}: a live Alpaca stream can only stream today's {what} ({current.isoformat()}); "
+            f"for {'a past' if day < current else 'a future'} day, unset ALPACA_API_KEY to stream the replay of the "
+            "simulated market, or backfill the day's bars")
+
+
 def is_loopback(url: str | None) -> bool:
     host = urlsplit(url).hostname if url else None
     if host in ("localhost",):
@@ -95,7 +112,7 @@ class Endpoint:
     secret_key: str = field(repr=False)
     clock: str
     replay: AlpacaStreamReplay | None = None
-    fetch_minute_bars: MinuteBarsFetcher | None = None
+    history: History | None = None
 
     @property
     def event_to_wall(self) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -150,11 +167,11 @@ def endpoint(
         replayed = is_loopback(stream_url)
         chosen = clock if clock != "auto" else ("events" if replayed else "wall")
         if replayed and not data_url:
-            fetch = sim_fetcher(market, crypto=crypto)
+            history = sim_history(market, crypto=crypto)
         else:
-            fetch = alpaca_fetcher(AlpacaSource(api_key, secret_key, data_url=data_url, trading_url=data_url,
-                                                feed=rest_feed))
-        yield Endpoint(stream_url, api_key, secret_key, chosen, fetch_minute_bars=fetch)
+            history = alpaca_history(AlpacaSource(api_key, secret_key, data_url=data_url, trading_url=data_url,
+                                                  feed=rest_feed))
+        yield Endpoint(stream_url, api_key, secret_key, chosen, history=history)
         return
     replay = AlpacaStreamReplay(
         market, day, start=start, end=end, crypto_day=day, speed=speed,
@@ -167,7 +184,7 @@ def endpoint(
             source = AlpacaSource(replay.key, replay.secret, data_url=rest.url, trading_url=rest.url, feed=rest_feed,
                                   rate_limit=None)
             yield Endpoint(replay.url("crypto" if crypto else feed), replay.key, replay.secret,
-                           "events" if clock == "auto" else clock, replay, alpaca_fetcher(source))
+                           "events" if clock == "auto" else clock, replay, alpaca_history(source))
     finally:
         rest.stop()
 
@@ -200,6 +217,9 @@ def stream_window(
     from market_platform.streaming.streamer import StreamConfig, Streamer
 
     day = calendar.to_date(day)
+    live = bool(api_key and secret_key) and not is_loopback(stream_url)
+    if live:
+        check_live_day(kind, day)
     now = datetime.now(UTC) if from_now else None
     if kind == "crypto":
         lo, hi = crypto_window(day, now=now)
@@ -216,6 +236,6 @@ def stream_window(
                               secret_key=ep.secret_key, url=ep.url, clock=ep.clock, **settings)
         if on_start is not None:
             on_start(ep, config)
-        streamer = Streamer(config, store_url=store_url, fetch_minute_bars=ep.fetch_minute_bars,
+        streamer = Streamer(config, store_url=store_url, history=ep.history,
                             event_to_wall=ep.event_to_wall, on_minute=on_minute)
         return streamer.run()

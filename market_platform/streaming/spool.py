@@ -5,7 +5,8 @@ to a temporary name, fsync'd, renamed and the directory fsync'd: an entry on dis
 or absent. An entry holds a small JSON header and any number of named Arrow tables (each an
 Arrow IPC stream). Entries are read back oldest first and deleted once written to the database.
 The spool survives the process, so a stream killed while the database was away replays the
-entries at its next start.
+entries at its next start. An entry that cannot be read back raises `SpoolReadError` naming it,
+so the reader can set it aside instead of stopping on it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from market_platform.storage.lake import fsync_dir
 _MAGIC = b"MPSPOOL1\n"
 _NAME = re.compile(r"^(\d{12})\.entry$")
 _FIRST = 10**11
+
+
+class SpoolReadError(StorageError):
+    """A spool entry that cannot be read back (not an entry, cut short, corrupt)."""
+
+    def __init__(self, seq: int, message: str) -> None:
+        super().__init__(message)
+        self.seq = seq
 
 
 @dataclass
@@ -58,6 +67,21 @@ class Spool:
 
     def __len__(self) -> int:
         return len(self._seqs())
+
+    def count(self, accept: Callable[[dict[str, Any]], bool] | None = None) -> int:
+        """Entries whose header `accept` takes (all of them when None; unreadable ones count)."""
+        if accept is None:
+            return len(self)
+        return sum(1 for seq in self._seqs() if self._accepted(seq, accept))
+
+    def path(self, seq: int) -> Path:
+        return self.directory / f"{seq:012d}.entry"
+
+    def _accepted(self, seq: int, accept: Callable[[dict[str, Any]], bool]) -> bool:
+        try:
+            return accept(self.header(seq))
+        except SpoolReadError:
+            return True  # unreadable: the reader sets it aside
 
     def empty(self) -> bool:
         return not any(_NAME.match(p.name) for p in self.directory.iterdir())
@@ -114,12 +138,16 @@ class Spool:
             return None
         return self.read(seqs[0])
 
-    def oldest_run(self, max_rows: int, mergeable: "Callable[[SpoolEntry], bool]") -> list[SpoolEntry]:
+    def oldest_run(self, max_rows: int, mergeable: "Callable[[SpoolEntry], bool]",
+                   accept: Callable[[dict[str, Any]], bool] | None = None) -> list[SpoolEntry]:
         """The oldest entry and the mergeable ones right after it, up to about `max_rows` rows
-        (a replay writes them as one batch instead of one transaction each)."""
+        (a replay writes them as one batch instead of one transaction each); with `accept`,
+        only entries whose header it takes (the others are left where they are)."""
         run: list[SpoolEntry] = []
         rows = 0
         for seq in self._seqs():
+            if accept is not None and not self._accepted(seq, accept):
+                continue
             entry = self.read(seq)
             if run and (not mergeable(entry) or not mergeable(run[0])):
                 break
@@ -129,19 +157,45 @@ class Spool:
                 break
         return run
 
-    def read(self, seq: int) -> SpoolEntry:
-        path = self.directory / f"{seq:012d}.entry"
-        data = path.read_bytes()
+    def header(self, seq: int) -> dict[str, Any]:
+        """The header of entry `seq` alone (its tables are not read)."""
+        path = self.path(seq)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(_MAGIC))
+                line = f.readline(1 << 20)
+        except OSError as exc:
+            raise SpoolReadError(seq, f"cannot read the spool entry {path}: {exc}") from None
+        return self._meta(seq, head + line)["header"]
+
+    def _meta(self, seq: int, data: bytes) -> dict[str, Any]:
+        path = self.path(seq)
         if not data.startswith(_MAGIC):
-            raise StorageError(f"{path} is not a spool entry: it lacks the {_MAGIC!r} header")
-        head_end = data.index(b"\n", len(_MAGIC))
-        meta = json.loads(data[len(_MAGIC):head_end])
-        position = head_end + 1
+            raise SpoolReadError(seq, f"{path} is not a spool entry: it lacks the {_MAGIC!r} header")
+        try:
+            meta = json.loads(data[len(_MAGIC):data.index(b"\n", len(_MAGIC))])
+            if not isinstance(meta.get("header"), dict):
+                raise ValueError("no header")
+            return meta
+        except (ValueError, AttributeError) as exc:
+            raise SpoolReadError(seq, f"{path} has no readable header: {exc}") from None
+
+    def read(self, seq: int) -> SpoolEntry:
+        path = self.path(seq)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SpoolReadError(seq, f"cannot read the spool entry {path}: {exc}") from None
+        meta = self._meta(seq, data)
+        position = data.index(b"\n", len(_MAGIC)) + 1
         tables = {}
-        for name, size in meta["tables"]:
-            with pa.ipc.open_stream(pa.py_buffer(data[position:position + size])) as reader:
-                tables[name] = reader.read_all()
-            position += size
+        try:
+            for name, size in meta["tables"]:
+                with pa.ipc.open_stream(pa.py_buffer(data[position:position + size])) as reader:
+                    tables[name] = reader.read_all()
+                position += size
+        except (pa.ArrowException, ValueError, TypeError, KeyError) as exc:
+            raise SpoolReadError(seq, f"{path} is cut short or corrupt: {exc}") from None
         return SpoolEntry(meta["header"], tables, seq)
 
     def remove(self, seq: int) -> None:

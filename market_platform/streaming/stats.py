@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
 
 UTC = timezone.utc
+_MINUTE = timedelta(minutes=1)
 
 #: Lag histogram: log-spaced bucket edges in ms, from 0.01 ms to ~28 hours.
 _EDGES = np.logspace(-2, 8, 401)
@@ -95,14 +96,21 @@ class StreamStats:
     def minute(self) -> datetime | None:
         return self._current.minute if self._current is not None else None
 
-    def roll(self, next_minute: datetime, queue_depth: int) -> dict[str, Any] | None:
-        """Close the current minute (if `next_minute` is later) and return its row."""
+    def roll(self, next_minute: datetime, queue_depth: int) -> list[dict[str, Any]]:
+        """Close the current minute (if `next_minute` is later) and return its row, followed by
+        a row for each minute the stream's clock went past without stopping (nothing counted
+        in them), so every minute has its row; [] while the minute is not over."""
         with self._lock:
             current = self._minute()
             if next_minute <= current.minute:
-                return None
+                return []
             self._current = MinuteStats(next_minute)
-            return self._row(current, queue_depth)
+            rows = [self._row(current, queue_depth)]
+            skipped = current.minute + _MINUTE
+            while skipped < next_minute:
+                rows.append(self._row(MinuteStats(skipped), queue_depth))
+                skipped += _MINUTE
+            return rows
 
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         """The current minute's row so far (for the final write)."""

@@ -7,15 +7,20 @@ One asyncio loop in the calling thread runs alpaca-py's own client (`_run_foreve
 reconnects and backoff apply) beside a ticker that flushes on time, closes each minute's
 statistics, watches for a stream that is connected but silent, and ends the run. Every
 disconnect becomes a gap (from the last event before it to the first after it) written to
-`stream_gaps`, and the bars of its minutes are repaired from REST; a run that starts where an
-earlier run of the same window stopped (a crash, a kill) records the gap between them.
+`stream_gaps`; a run that starts where an earlier run of the same window stopped (a crash, a
+kill) records the gap between them. The minute check compares each symbol's minutes with the
+vendor's bars as the stream goes and at its end, so a silence too short to notice becomes a gap
+too; every gap's quotes, trades and bars are refilled from the vendor's history (repair.py).
 
 Two clocks: `wall` (a live feed: the window is real time) and `events` (a replay of a past
-session at any speed: the stream's time is the latest event time received).
+session at any speed: the stream's time is the latest event time of a valid message inside the
+window, so no single message can move it past the window's end, or the checkpoint with it).
 
-Fatal, after alpaca-py's first attempt: 402 (bad key) and 409 (feed not in the plan) raise
-`VendorAuthError`, 406 (connection limit) raises `VendorError` after a few tries; alpaca-py
-alone would retry 402 and 406 forever.
+Fatal: 402 (bad key) and 409 (feed not in the plan) raise `VendorAuthError` after alpaca-py's
+first attempt, 406 (connection limit) `VendorError` after a few (alpaca-py alone would retry 402
+and 406 forever); a stream that cannot connect at all `VendorUnavailableError` after
+`connect_attempts` tries; a writer that stops (the database refused a write for anything but a
+row's content, which goes to dead_letters) `StorageError`, what was not written kept in the spool.
 """
 
 from __future__ import annotations
@@ -30,17 +35,25 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import msgpack
 import numpy as np
 
 from market_platform import settings
-from market_platform.errors import DatabaseUnavailableError, InvalidInputError, VendorAuthError, VendorError
+from market_platform.errors import (
+    DatabaseUnavailableError,
+    InvalidInputError,
+    StorageError,
+    VendorAuthError,
+    VendorError,
+    VendorUnavailableError,
+)
 from market_platform.schemas import Source
+from market_platform.sources.alpaca import check_symbol_syntax
+from market_platform.storage.server import one_line
 from market_platform.storage.timescale import TickStore
-from market_platform.streaming.client import DATA_TYPES, make_client
-from market_platform.streaming.convert import Converter, event_ns, pack_raw
+from market_platform.streaming.client import describe_error, make_client
+from market_platform.streaming.convert import Bounds, Converter
 from market_platform.streaming.pipeline import Op, Pipeline, Unit, read_checkpoint
-from market_platform.streaming.repair import MinuteBarsFetcher, RepairWorker
+from market_platform.streaming.repair import History, RepairWorker
 from market_platform.streaming.spool import Spool
 from market_platform.streaming.stats import StreamStats, log_line
 
@@ -68,8 +81,12 @@ class StreamConfig:
                          reached, before the run ends
     drain_timeout        seconds the end of a run waits for the database
     give_up_after        events clock: seconds without any data after which the run ends
-    repair_delay         seconds after a reconnect before its gap's bars are fetched
+    repair_delay         seconds after a gap (or a chunk of minutes to check) before its history
+                         is fetched: the vendor's REST history needs a moment after a minute closes
+    check_minutes        minutes checked against the vendor's bars at a time (repair.py)
     late_start_after     a first event this long after `start` records a gap from `start`
+    connect_attempts     failed connections in a row, before the first success, that fail the run
+    bounds               plausible prices, sizes and timestamps (convert.Bounds)
     change_filter        store a quote only when its bid or ask price changed
     fast_dispatch        hand messages to the batcher by type directly (see client.py)
     compression          negotiate permessage-deflate (alpaca-py's default; off here: inflating
@@ -104,12 +121,15 @@ class StreamConfig:
     drain_timeout: float = 120.0
     give_up_after: float = 600.0
     repair_delay: float = 60.0
+    check_minutes: int = 5
     late_start_after: float = 120.0
     change_filter: bool = False
     fast_dispatch: bool = True
     compression: bool = False
     gc_threshold: int | None = 100_000
     connection_limit_retries: int = 5
+    connect_attempts: int = 5
+    bounds: Bounds = Bounds()
     spool_dir: Path | None = None
     stream: str | None = None
 
@@ -127,9 +147,8 @@ class StreamConfig:
                 raise InvalidInputError(f"{name}={value!r}: expected a timezone-aware datetime")
         if self.end <= self.start:
             raise InvalidInputError(f"end={self.end.isoformat()} is not after start={self.start.isoformat()}")
-        if not self.symbols or not all(isinstance(s, str) and s for s in self.symbols):
-            raise InvalidInputError(f"symbols={list(self.symbols)[:5]!r}: expected a non-empty list of symbols")
-        for name in ("flush_rows", "queue_units", "queue_batches"):
+        check_symbol_syntax(self.symbols, crypto=self.kind == "crypto")
+        for name in ("flush_rows", "queue_units", "queue_batches", "check_minutes", "connect_attempts"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidInputError(f"{name}={getattr(self, name)!r}: expected a whole number >= 1")
         for name in ("flush_interval", "stale_after", "end_idle"):
@@ -164,10 +183,15 @@ class StreamReport:
     gaps: int = 0
     repaired_gaps: int = 0
     repaired_bars: int = 0
+    repaired_quotes: int = 0
+    repaired_trades: int = 0
+    repair_calls: int = 0
+    repairs: list[dict[str, Any]] = field(default_factory=list)  # per gap: what was refilled
     repair_failures: list[str] = field(default_factory=list)
     spooled: int = 0
     replayed: int = 0
     spool_left: int = 0
+    spool_set_aside: int = 0  # spooled entries of an earlier run moved to dead_letters
     db_outages: int = 0
     first_event: datetime | None = None
     last_event: datetime | None = None
@@ -200,27 +224,12 @@ def _to_ns(instant: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * NS + delta.microseconds * 1000
 
 
-def _last_event(messages: list) -> int:
-    for msg in reversed(messages[-16:]):
-        ns = event_ns(msg)
-        if ns is not None:
-            return ns
-    return 0
-
-
-def _first_event(messages: list) -> int | None:
-    for msg in messages[:16]:
-        ns = event_ns(msg)
-        if ns is not None:
-            return ns
-    return None
-
-
 class Streamer:
     """Streams `config` into the tick store (see the module docstring); `run()` blocks.
 
     store_url            the tick store (default: `database_url()`); each thread opens its own
-    fetch_minute_bars    the REST history that repairs gaps (None: gaps are recorded only)
+    history              the vendor's history that checks minutes and refills gaps (repair.py;
+                         None: gaps are recorded only)
     event_to_wall        event ns -> the wall time it happened (a replay's clock), for the lag
                          from event to commit; default: the event time itself on the wall
                          clock, and the arrival time on the events clock
@@ -232,13 +241,13 @@ class Streamer:
         config: StreamConfig,
         *,
         store_url: str | None = None,
-        fetch_minute_bars: MinuteBarsFetcher | None = None,
+        history: History | None = None,
         event_to_wall: Callable[[np.ndarray], np.ndarray] | None = None,
         on_minute: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
         self._store_url = store_url
-        self._fetch = fetch_minute_bars
+        self._history = history
         if event_to_wall is None and config.clock == "wall":
             event_to_wall = _event_seconds
         self._event_to_wall = event_to_wall
@@ -255,7 +264,9 @@ class Streamer:
     def run(self) -> StreamReport:
         """Stream until the window ends (or `stop()`); flush, drain, sweep the gaps; report.
 
-        Raises VendorAuthError on 402/409, VendorError on a lasting 406.
+        Raises VendorAuthError on 402/409, VendorError on a lasting 406 or a refused
+        subscription, VendorUnavailableError when it cannot connect at all, StorageError when
+        the writer stops.
         """
         thresholds = gc.get_threshold()
         if self.config.gc_threshold is not None:
@@ -289,18 +300,18 @@ class Streamer:
         self._spool = Spool(spool_dir)
         self._stats = StreamStats(cfg.name)
         self._stats.start(self._minute_of(self._start_ns))
-        self._repairer = (RepairWorker(self._store, cfg.name, self._fetch, cfg.symbols, delay=cfg.repair_delay)
-                          if self._fetch is not None else None)
-        converter = Converter(cfg.name, crypto=cfg.crypto, symbols=cfg.symbols,
-                              window=(cfg.start - timedelta(days=1), cfg.end + timedelta(days=1)),
-                              change_filter=cfg.change_filter)
+        self._repairer = (RepairWorker(self._store, cfg.name, self._history, cfg.symbols, (cfg.start, cfg.end),
+                                       delay=cfg.repair_delay, check_minutes=cfg.check_minutes)
+                          if self._history is not None else None)
+        converter = Converter(cfg.name, crypto=cfg.crypto, symbols=cfg.symbols, window=(cfg.start, cfg.end),
+                              change_filter=cfg.change_filter, bounds=cfg.bounds)
         self._pipeline = Pipeline(
             self._store, converter, self._stats, self._spool, queue_units=cfg.queue_units,
             queue_batches=cfg.queue_batches, on_gap=self._gap_recorded, event_to_wall=self._event_to_wall,
             checkpoint=spool_dir / "checkpoint.json",
         )
-        if len(self._spool):
-            log.info("%s: %d spooled batches from an earlier run go first", cfg.name, len(self._spool))
+        if self._pipeline.depth():
+            log.info("%s: %d spooled batches from an earlier run go first", cfg.name, self._pipeline.depth())
         self._gap: _Gap | None = self._restart_gap(store)
         store.close()
         self._quotes: list = []
@@ -314,6 +325,8 @@ class Streamer:
         self._seen_count, self._seen_at = -1, time.monotonic()
         self._connected = False
         self._connections = 0
+        self._connect_failures = 0
+        self._connect_first_failure: float | None = None
         self._stopping = False
         self._first_data = True
         self._limit_errors = 0
@@ -360,12 +373,14 @@ class Streamer:
             except asyncio.TimeoutError:
                 log.warning("%s: alpaca-py did not stop within 10 s", self.config.name)
         await self._flush()
+        # A gap still open (disconnected at the end, or no valid event since) runs to where the
+        # window (or the run) ended.
+        end_ns = self._end_ns if self.config.clock == "events" else min(self._end_ns, _to_ns(datetime.now(UTC)))
         if self._gap is not None and self._fatal is None:
-            # Disconnected at the end: the gap runs to where the window (or the run) ended.
-            end_ns = self._end_ns if self.config.clock == "events" else min(self._end_ns, _to_ns(datetime.now(UTC)))
             await self._put(self._gap_op(self._gap.start_ns, max(end_ns, self._gap.start_ns),
                                          self._gap.reason + " (not reconnected before the end)"))
             self._gap = None
+        await self._put(Op("close_gap", {"end_ns": end_ns}))
 
     async def _finish(self, started: float) -> None:
         cfg = self.config
@@ -379,25 +394,35 @@ class Streamer:
         if drained:
             drained = await asyncio.get_running_loop().run_in_executor(None, self._write_stats, row)
         if not drained:
-            self._pipeline.put(Op("stats", row))
+            self._pipeline.put(Op("stats", {"rows": [row]}))
         left = self._pipeline.close()
         report = self.report
         if self._repairer is not None:
             self._repairer.close()
             if drained and self._fatal is None:
-                gaps, bars = await asyncio.get_running_loop().run_in_executor(
-                    None, self._repairer.sweep, cfg.start, cfg.end)
-                report.repaired_gaps += gaps
-            report.repaired_bars = self._repairer.repaired_bars
+                await asyncio.get_running_loop().run_in_executor(None, self._repairer.sweep, self._checked_until())
+            repairs = [r for r in self._repairer.repairs if r.error is None]
+            report.repaired_gaps = len(repairs)
+            report.repaired_bars = sum(r.bars for r in repairs)
+            report.repaired_quotes = sum(r.quotes for r in repairs)
+            report.repaired_trades = sum(r.trades for r in repairs)
+            report.repair_calls = sum(r.calls for r in self._repairer.repairs)
+            report.repairs = [r.summary() for r in self._repairer.repairs]
             report.repair_failures = list(self._repairer.failures)
+            report.gaps += self._repairer.gaps_found
         totals = self._stats.totals
         report.received = totals["received"]
+        if self._pipeline.first_event_ns:
+            report.first_event = _from_ns(self._pipeline.first_event_ns)
+        if self._pipeline.converted_event_ns:
+            report.last_event = _from_ns(self._pipeline.converted_event_ns)
         report.quotes, report.trades, report.bars = (totals["quotes_inserted"], totals["trades_inserted"],
                                                      totals["bars_inserted"])
         report.duplicates, report.dead_letters = totals["duplicates"], totals["dead_letters"]
         report.errors, report.reconnects = totals["errors"], totals["reconnects"]
         report.filtered = self._stats.filtered
         report.spooled, report.replayed, report.spool_left = self._pipeline.spooled, self._pipeline.replayed, left
+        report.spool_set_aside = self._pipeline.set_aside
         report.db_outages = self._pipeline.db_outages
         p50, p99 = self._stats.lag_total.percentile(50), self._stats.lag_total.percentile(99)
         report.lag_p50_ms = round(p50, 3) if p50 is not None else None
@@ -405,7 +430,16 @@ class Streamer:
         report.wall_seconds = round(time.monotonic() - started, 3)
         if self._pipeline.first_arrival is not None and self._pipeline.last_commit is not None:
             report.stream_seconds = round(self._pipeline.last_commit - self._pipeline.first_arrival, 3)
-        log.info("%s: done: %s", cfg.name, {k: v for k, v in report.summary().items() if k != "repair_failures"})
+        # The caller prints or logs the report (`summary()`); once is enough.
+        log.debug("%s: done: %s", cfg.name, report.summary())
+
+    def _checked_until(self) -> datetime:
+        """How far the minute check at the end goes: the window's end, unless the run was
+        stopped before it (then up to the last minute committed)."""
+        if not self._stop_requested.is_set():
+            return self.config.end
+        committed = self._pipeline.committed_event_ns
+        return self.config.start if not committed else min(self.config.end, self._minute_of(committed))
 
     def _write_stats(self, row: dict[str, Any]) -> bool:
         try:
@@ -448,11 +482,19 @@ class Streamer:
                     self._first_seen = time.time()
             if self._first_seen is not None and time.time() - self._first_seen >= cfg.flush_interval:
                 await self._flush()
-            minute = self._minute_of(self._clock())
-            row = self._stats.roll(minute, self._pipeline.depth())
-            if row is not None:
+            if self._pipeline.failure is not None:
+                self._fail(StorageError(
+                    f"the tick store refused a write, so the stream stopped: {one_line(self._pipeline.failure)}; "
+                    f"what was not written is kept in {self._spool.directory} and goes first at the next run"))
+                return
+            self._clock_ns = max(self._clock_ns, self._pipeline.converted_event_ns)
+            if self._repairer is not None:
+                self._repairer.watch(self._pipeline.committed_event_ns)
+            rows = self._stats.roll(self._minute_of(self._clock()), self._pipeline.depth())
+            for row in rows:
                 self._emit_minute(row)
-                await self._put(Op("stats", row))
+            if rows:  # one write for the minutes a fast clock went past at once
+                await self._put(Op("stats", {"rows": rows}))
             idle = now - self._seen_at
             if self._connected and not self._stopping and self._window_open() and idle > cfg.stale_after:
                 await self._stale(idle)
@@ -464,8 +506,7 @@ class Streamer:
     def _clock(self) -> int:
         if self.config.clock == "wall":
             return min(max(_to_ns(datetime.now(UTC)), self._start_ns), self._end_ns)
-        pending = max(_last_event(self._quotes), _last_event(self._trades), _last_event(self._bars))
-        return max(self._clock_ns, pending)
+        return min(max(self._clock_ns, self._pipeline.converted_event_ns), self._end_ns)
 
     def _minute_of(self, ns: int) -> datetime:
         return _from_ns(ns - ns % MINUTE_NS)
@@ -527,43 +568,30 @@ class Streamer:
             self._quotes, self._trades, self._bars, self._dead = [], [], [], []
             self._sinks.update(q=self._quotes, t=self._trades, b=self._bars, u=self._bars)
             self._first_seen = None
-            unit.max_event_ns = max(_last_event(unit.quotes), _last_event(unit.trades), _last_event(unit.bars))
-            self._clock_ns = max(self._clock_ns, unit.max_event_ns)
             size = len(unit)
             self._flushed += size
-            ops: list[Op] = []
-            first = [ns for ns in (_first_event(unit.quotes), _first_event(unit.trades), _first_event(unit.bars))
-                     if ns is not None]
-            if first:
-                ops = self._on_data(min(first))
             self._stats.add(received=size)
-            for op in ops:  # a gap goes ahead of the data that ended it
-                await self._put(op)
+            if size:
+                # A gap goes ahead of the data that ends it; the converter closes it at the first
+                # valid event of that data (a message with a wrong time must not move it).
+                if self._gap is not None:
+                    gap, self._gap = self._gap, None
+                    await self._put(self._gap_op(gap.start_ns, None, gap.reason))
+                elif self._first_data:
+                    await self._put(self._gap_op(self._start_ns, None, "the stream started after the window opened",
+                                                 late_after_ns=int(self.config.late_start_after * NS)))
+                self._first_data = False
             await self._put(unit)
 
-    def _on_data(self, first_ns: int) -> list[Op]:
-        """The first data of a flush: closes an open gap, or notes a late start."""
-        cfg = self.config
-        ops = []
-        if self.report.first_event is None:
-            self.report.first_event = _from_ns(first_ns)
-        self.report.last_event = _from_ns(max(self._clock_ns, first_ns))
-        if self._gap is not None:
-            gap, self._gap = self._gap, None
-            ops.append(self._gap_op(gap.start_ns, max(first_ns, gap.start_ns), gap.reason))
-        elif self._first_data and first_ns - self._start_ns > cfg.late_start_after * NS:
-            ops.append(self._gap_op(self._start_ns, first_ns, "the stream started after the window opened"))
-        self._first_data = False
-        return ops
-
-    def _gap_op(self, start_ns: int, end_ns: int, reason: str) -> Op:
+    def _gap_op(self, start_ns: int, end_ns: int | None, reason: str, **extra: int) -> Op:
+        """A gap from `start_ns` to `end_ns` (None: to the first valid event that follows it)."""
         return Op("gap", {"start_ns": start_ns, "end_ns": end_ns, "reason": reason,
-                          "symbols": list(self.config.symbols)})
+                          "symbols": list(self.config.symbols), **extra})
 
-    def _gap_recorded(self, gap_id: int, start: datetime, end: datetime) -> None:
+    def _gap_recorded(self, gap_id: int, start: datetime, end: datetime, reason: str) -> None:
         self.report.gaps += 1
         if self._repairer is not None:
-            self._repairer.submit(gap_id, start, end)
+            self._repairer.submit(gap_id, start, end, reason)
 
     # -- listener: alpaca-py's events ------------------------------------------------------------
 
@@ -576,8 +604,25 @@ class Streamer:
             self._stats.add(reconnects=1)
         self._connected = True
         self._limit_errors = 0
+        self._connect_failures = 0
         self._seen_at = time.monotonic()
         log.info("%s: authenticated (connection %d)", self.config.name, self._connections)
+
+    def on_connect_error(self, error: BaseException) -> None:
+        """A connection that failed before authenticating (refused, unreachable, a bad handshake)."""
+        cfg = self.config
+        self._stats.add(errors=1)
+        self._connect_failures += 1
+        if self._connect_first_failure is None or self._connect_failures == 1:
+            self._connect_first_failure = time.monotonic()
+        where = cfg.url or f"Alpaca's {cfg.kind} stream"
+        log.warning("%s: cannot connect to %s (attempt %d): %s", cfg.name, where, self._connect_failures,
+                    describe_error(error))
+        if self._connections == 0 and self._connect_failures >= cfg.connect_attempts:
+            seconds = time.monotonic() - self._connect_first_failure
+            self._fail(VendorUnavailableError(
+                f"cannot connect to {where}: {self._connect_failures} attempts in {seconds:.0f} s failed (last: "
+                f"{describe_error(error)}); check ALPACA_STREAM_URL and the network, and run the stream again"))
 
     def on_auth_error(self, message: str, code: int | None) -> None:
         cfg = self.config
@@ -596,8 +641,8 @@ class Streamer:
                     f"{where} refused the connection {self._limit_errors} times (406 {message}): another stream "
                     "already uses this key; stop it, or wait for it to disconnect"))
         else:
-            self._stats.add(errors=1)
             log.warning("%s: authentication failed (%s %s); alpaca-py retries", cfg.name, code, message)
+            self.on_connect_error(VendorError(f"authentication failed ({code} {message})"))
 
     def on_server_error(self, message: dict) -> None:
         self._stats.add(errors=1)
@@ -621,50 +666,16 @@ class Streamer:
         if self._gap is not None:
             return
         await self._flush()
-        start = self._clock_ns if self._flushed else self._start_ns
+        start = self._clock() if self._flushed else self._start_ns
+        if start >= self._end_ns:  # the window is over: nothing can be missed any more
+            log.info("%s: the connection closed at the end of the window: %s", self.config.name, reason)
+            return
         self._gap = _Gap(start, reason)
         log.warning("%s: disconnected at %s UTC (event time): %s", self.config.name, f"{_from_ns(start):%H:%M:%S}", reason)
 
-    async def on_frame_error(self, exc: BaseException, frame: bytes | str | None) -> None:
-        converter = self._pipeline.converter
-        if frame is None:
-            self._stats.add(errors=1)
-            return
-        if isinstance(frame, str):
-            self._dead.append(converter.dead_letter("text frame: the stream speaks msgpack in binary frames",
-                                                    None, raw=frame.encode()))
-            return
-        try:
-            items = msgpack.unpackb(frame)
-        except Exception as error:  # msgpack raises several types for bad input
-            self._dead.append(converter.dead_letter(f"undecodable frame: {type(error).__name__}: {error}"[:200],
-                                                    None, raw=frame))
-            return
-        if not isinstance(items, list):
-            self._dead.append(converter.dead_letter("frame is not an array of messages", None, raw=frame))
-            return
-        failed = next((i for i, item in enumerate(items) if _breaks_alpaca(item)), None)
-        if failed is None:
-            self._dead.append(converter.dead_letter(f"frame could not be handled: {exc}"[:200], None, raw=frame))
-            self._stats.add(errors=1)
-            return
-        self._dead.append(converter.dead_letter("item is not a message (a map with a type T)", items[failed],
-                                                raw=pack_raw(items[failed])))
-        for item in items[failed + 1:]:  # alpaca-py dropped the rest of the frame
-            await self._client.dispatch_item(item)
-
-
-def _breaks_alpaca(item: Any) -> bool:
-    """Whether alpaca-py's receive loop raises on this item (so the rest of its frame is lost)."""
-    if not isinstance(item, dict):
-        return True
-    try:
-        hash(item.get("T"))
-        if item.get("T") in DATA_TYPES and "S" in item:
-            hash(item["S"])
-    except TypeError:
-        return True
-    return False
+    def on_dead_letter(self, reason: str, item: Any = None, *, raw: bytes | None = None) -> None:
+        """A frame or item the stream could not hand over as a message (see client.py)."""
+        self._dead.append(self._pipeline.converter.dead_letter(reason, item, raw=raw))
 
 
 def _event_seconds(ns: np.ndarray) -> np.ndarray:

@@ -155,12 +155,12 @@ def check_feed_health_op(context: dg.OpExecutionContext, config: FeedHealthConfi
     alerts, and report symbols silent, minutes and what was repaired."""
     store = tick_store.store()
     start, end = feed_window(config.kind, config.day, datetime.now(UTC))
-    fetch = None
+    history = None
     if config.repair:
         chosen = vendors.vendors()
-        fetch = feed_health.rest_fetcher(alpaca=chosen.alpaca, polygon=chosen.polygon)
+        history = feed_health.rest_history(alpaca=chosen.alpaca, polygon=chosen.polygon)
     alerter = alerts.alerter(store, builtin=[feed_health.silent_stall_rule(config.min_silent_minutes)])
-    report = feed_health.check_feed(store, start, end, kind=config.kind, fetch=fetch, alerter=alerter,
+    report = feed_health.check_feed(store, start, end, kind=config.kind, history=history, alerter=alerter,
                                     min_minutes=config.min_silent_minutes)
     session = feed_health.session_report(store, start, end)
     context.log.info(report.summary())

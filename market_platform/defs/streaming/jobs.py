@@ -14,14 +14,14 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
-from market_platform import calendar
 from market_platform.defs.resources import SimMarketResource, TickStoreResource
 from market_platform.defs.streaming.assets import LIVE_TABLES, live_bars_1m, live_quotes, live_trades
 from market_platform.defs.streaming.resources import AlpacaStreamResource
 from market_platform.errors import InvalidInputError
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming import StreamReport
-from market_platform.streaming.runs import is_loopback, stream_window
+from market_platform.streaming.convert import Bounds
+from market_platform.streaming.runs import is_loopback, stream_window, today
 
 UTC = timezone.utc
 
@@ -42,12 +42,14 @@ class StreamRunConfig(dg.Config):
     stale_after_seconds: float = Field(default=15.0, description="Reconnect after this long connected but silent")
     repair_delay_seconds: float = Field(default=60.0, description="Wait this long after a reconnect to repair its gap")
     change_filter: bool = Field(default=False, description="Store a quote only when its bid or ask price changed")
+    connect_attempts: int = Field(default=5, description="Failed connections in a row, before any succeeds, that fail the run")
+    max_price: float = Field(default=Bounds.max_price, description="A price above this is implausible: a dead letter")
+    max_size: float = Field(default=Bounds.max_size, description="A quote or trade size above this is implausible: a dead letter")
     report_every_minutes: int = Field(default=5, description="Report on the live tables every N stream minutes")
 
 
 def _today(kind: str) -> str:
-    now = datetime.now(UTC)
-    return (now.date() if kind == "crypto" else now.astimezone(calendar.NEW_YORK).date()).isoformat()
+    return today(kind).isoformat()
 
 
 #: Per stock category, the snapshot in force on the day: the latest on or before it, never a later
@@ -106,6 +108,8 @@ def run_stream(context: dg.OpExecutionContext, kind: str, config: StreamRunConfi
         from_now=(live or config.speed == 1.0) and day == _today(kind),
         on_minute=reporter, on_start=started, stale_after=config.stale_after_seconds,
         repair_delay=config.repair_delay_seconds, change_filter=config.change_filter,
+        connect_attempts=config.connect_attempts,
+        bounds=Bounds(max_price=config.max_price, max_size=config.max_size),
     )
     reporter.final(report)
     context.log.info(f"{report.stream}: {report.summary()}")
@@ -126,9 +130,12 @@ class _Reporter:
                          row["minute"])
 
     def final(self, report: StreamReport) -> None:
-        self._report({"quotes": report.quotes, "trades": report.trades, "bars": report.bars + report.repaired_bars},
-                     report.last_event, extra={"gaps": report.gaps, "repaired_bars": report.repaired_bars,
-                                               "dead_letters": report.dead_letters, "reconnects": report.reconnects})
+        self._report({"quotes": report.quotes + report.repaired_quotes, "trades": report.trades + report.repaired_trades,
+                      "bars": report.bars + report.repaired_bars}, report.last_event,
+                     extra={"gaps": report.gaps, "repaired_bars": report.repaired_bars,
+                            "repaired_quotes": report.repaired_quotes, "repaired_trades": report.repaired_trades,
+                            "dead_letters": report.dead_letters, "errors": report.errors,
+                            "reconnects": report.reconnects})
 
     def _report(self, rows: dict[str, int], last_event: datetime | None, extra: dict[str, int] | None = None) -> None:
         for spec, name in ((live_quotes, "quotes"), (live_trades, "trades"), (live_bars_1m, "bars")):
