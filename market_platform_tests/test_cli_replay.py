@@ -37,9 +37,12 @@ def test_replay_server_prints_urls_serves_and_stops(tmp_path: Path):
         exports = dict(line[len("export "):].split("=", 1) for line in lines if line.startswith("export "))
         assert {"POLYGON_API_KEY", "POLYGON_BASE_URL", "POLYGON_S3_ENDPOINT", "ALPACA_DATA_URL",
                 "ALPACA_API_KEY", "ALPACA_SECRET_KEY", "ALPACA_STREAM_URL", "ALPACA_TRADING_URL"} <= set(exports), lines
-        # Every address the platform reads is the replay's: the replay's keys never reach a vendor.
-        urls = {name for name in settings_names() if name.endswith(("_URL", "_ENDPOINT"))} - {
-            "MARKET_DB_URL", "MARKET_LAKE_URL", "MARKET_LAKE_S3_ENDPOINT", "MARKET_ALERTS_WEBHOOK_URL"}
+        # Every vendor address the platform reads is the replay's: the replay's keys never reach a
+        # vendor. (The platform's own addresses, its database, lake, broker, are not the replay's to set.)
+        urls = {name for name in settings_names()
+                if name.startswith(("POLYGON_", "ALPACA_")) and name.endswith(("_URL", "_ENDPOINT"))}
+        assert {"POLYGON_BASE_URL", "POLYGON_S3_ENDPOINT", "ALPACA_DATA_URL", "ALPACA_STREAM_URL",
+                "ALPACA_TRADING_URL"} <= urls, urls
         assert urls <= set(exports) and all(is_loopback(exports[name]) for name in urls), (urls, exports)
         assert exports["ALPACA_STREAM_URL"].startswith("ws://127.0.0.1:") and \
             exports["ALPACA_STREAM_URL"].endswith(f"/v2/{exports['ALPACA_FEED']}")
