@@ -321,17 +321,31 @@ class Writers:
         *,
         reason: str,
         symbols: Sequence[str] = (),
+        detected_by: str = "stream",
     ) -> int:
-        """Record a gap of `stream` (gap_end None while it lasts); returns its id."""
+        """Record a gap of `stream` (gap_end None while it lasts) found by `detected_by`
+        (stream, minute_check, feed_health); returns its id."""
         aware(gap_start, "gap_start")
         if gap_end is not None and aware(gap_end, "gap_end") < gap_start:
             raise InvalidInputError(f"gap_end={gap_end} is before gap_start={gap_start}")
         with self._connection.session() as conn, conn.transaction():
             return conn.execute(
-                "INSERT INTO stream_gaps (stream, gap_start, gap_end, symbols, reason) "
-                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                (stream, gap_start, gap_end, list(symbols), reason),
+                "INSERT INTO stream_gaps (stream, gap_start, gap_end, symbols, reason, detected_by) "
+                "VALUES (%s, %s, %s, %s, %s, ARRAY[%s]) RETURNING id",
+                (stream, gap_start, gap_end, list(symbols), reason, detected_by),
             ).fetchone()[0]
+
+    def witness_gaps(self, gap_ids: Sequence[int], detector: str) -> int:
+        """Add `detector` to the detectors of the gaps `gap_ids` (a silence it found that another
+        detector had recorded already: one row per silence); returns the rows changed."""
+        if not gap_ids:
+            return 0
+        with self._connection.session() as conn, conn.transaction():
+            return conn.execute(
+                "UPDATE stream_gaps SET detected_by = array_append(detected_by, %s) "
+                "WHERE id = ANY(%s) AND NOT %s = ANY(detected_by)",
+                (detector, [int(i) for i in gap_ids], detector),
+            ).rowcount
 
     def close_gap(self, gap_id: int, gap_end: datetime) -> None:
         """Set the end of an open gap."""
