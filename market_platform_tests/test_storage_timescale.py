@@ -498,6 +498,27 @@ def test_read_arrow_types_columns_by_schema_and_by_postgres_type(tick_store: Tic
     }
 
 
+def test_read_arrow_types_a_table_by_its_own_columns(tick_store: TickStore) -> None:
+    # stream_stats.minute shares its name with the snapshots' `minute`, not their type: it reads
+    # as PostgreSQL's timestamptz; market_snapshots.minute keeps the snapshots schema's type.
+    minute = datetime(2024, 3, 1, 14, 31, tzinfo=UTC)
+    tick_store.write_stream_stats([{"stream": "stocks", "minute": minute, "received": 1}])
+    stats = tick_store.read_arrow("SELECT minute FROM stream_stats")
+    assert stats.schema.field("minute").type == pa.timestamp("us", "UTC")
+    assert stats.column("minute").to_pylist() == [minute]
+    snapshots = tick_store.read_arrow("SELECT minute FROM market_snapshots")
+    assert snapshots.schema.field("minute").type == SNAPSHOTS.field("minute").type
+
+
+def test_read_arrow_reads_values_longer_than_a_parse_block(tick_store: TickStore) -> None:
+    raw = bytes(range(256)) * 8192  # 2 MiB: 4 MiB of hex in the COPY
+    tick_store.write_dead_letters([{"stream": "stocks", "reason": "a 2 MB frame", "raw": raw}])
+    letters = tick_store.read_arrow("SELECT stream, raw, length(raw) AS n FROM dead_letters")
+    assert letters.to_pylist() == [{"stream": "stocks", "raw": "\\x" + raw.hex(), "n": len(raw)}]
+    many = tick_store.read_arrow("SELECT repeat('x', 3000000) AS big, g AS n FROM generate_series(1, 3) g")
+    assert [len(v) for v in many.column("big").to_pylist()] == [3_000_000] * 3
+
+
 def test_a_store_serves_threads_and_reconnects(tick_store: TickStore) -> None:
     def write(seed: int) -> None:
         tick_store.write_trades(synthetic.trades(500, seed=seed))
