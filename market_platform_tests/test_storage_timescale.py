@@ -7,6 +7,7 @@ import threading
 from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -239,6 +240,21 @@ def test_bars_upsert_replaces_corrections_only(tick_store: TickStore) -> None:
     assert back.num_rows == 121
     expected = pa.concat_tables([bars.slice(0, 5), corrected, bars.slice(6, 1), fixed, bars.slice(8), other])
     _assert_same_rows(back, expected, ["symbol", "ts", "source"])
+
+
+def test_a_write_rolled_back_leaves_the_next_one_working(db_url: str) -> None:
+    # The first write on a connection creates its staging table; a write that fails rolls its
+    # transaction back, and the next write on the same connection must find the table again.
+    quotes = synthetic.quotes(20, symbols=2, seed=5)
+    bad = quotes.set_column(quotes.schema.get_field_index("symbol"), QUOTES.field("symbol"),
+                            pa.array(["A\x00PL"] * quotes.num_rows))
+    with TickStore(db_url) as store:
+        with pytest.raises(psycopg.errors.CharacterNotInRepertoire):  # NUL: PostgreSQL's text refuses it
+            store.write_quotes(bad)
+        assert store.write_quotes(quotes) == 20
+        assert store.write_bars(synthetic.bars(3, symbols=1)) == 3
+    with TickStore(db_url) as store:
+        assert store.read_arrow("SELECT count(*) AS n FROM quotes").column("n").to_pylist() == [20]
 
 
 def test_bad_input_is_refused_by_name(tick_store: TickStore) -> None:
