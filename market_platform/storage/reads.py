@@ -5,7 +5,7 @@ behind their watermark are pending: see storage/refresh.py)."""
 from __future__ import annotations
 
 import io
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
@@ -84,6 +84,21 @@ def _csv_to_arrow(data: bytes, description: Sequence[Any], by_schema: Sequence[b
 
 
 
+#: The categories a stock stream or snapshot poll covers.
+STOCK_CATEGORIES = ("us_equities", "etf")
+
+#: Per category, the active symbols of the snapshot in force on the day: the latest on or before
+#: it, never a later one, which would list tickers not listed yet (the rule backfills follow too:
+#: `history.universe.session_symbols`).
+_UNIVERSE_SQL = """
+SELECT DISTINCT u.symbol FROM universe u
+WHERE u.category = ANY(%(categories)s) AND u.active
+  AND u.snapshot_date = (SELECT max(snapshot_date) FROM universe
+                         WHERE category = u.category AND snapshot_date <= %(day)s)
+ORDER BY u.symbol
+"""
+
+
 class Reads:
     """The readers of the database behind `connection`."""
 
@@ -122,6 +137,12 @@ class Reads:
             self._relations.update(conn.execute(
                 "SELECT oid::bigint, relname::text FROM pg_class WHERE oid = ANY(%s::oid[])", (unknown,)).fetchall())
         return [not oid or self._relations.get(oid) in SCHEMA_RELATIONS for oid in relations]
+
+    def universe_symbols(self, day: date | str, *, categories: Sequence[str] = STOCK_CATEGORIES) -> list[str]:
+        """The symbols of `categories` in the universe `ticker_universe` discovered, as in force
+        on `day` (the latest snapshot on or before it), sorted; empty when there is none."""
+        return self.read_arrow(_UNIVERSE_SQL, {"day": str(day), "categories": list(categories)}) \
+            .column("symbol").to_pylist()
 
     def read_bars(
         self,

@@ -184,6 +184,7 @@ class TickStore:
 
     read_arrow = _delegate("_reads", Reads.read_arrow)
     read_bars = _delegate("_reads", Reads.read_bars)
+    universe_symbols = _delegate("_reads", Reads.universe_symbols)
 
     write_snapshots = _delegate("_snapshots", SnapshotStore.write_snapshots)
     maintain_snapshots = _delegate("_snapshots", SnapshotStore.maintain_snapshots)
