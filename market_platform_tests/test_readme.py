@@ -152,16 +152,18 @@ def run_blocks(blocks: list[Block], env: dict[str, str], out: Path):
     parts = re.split(r"^@@readme-block (\d+|end) ([\d.]+)@@\n", out.read_text(), flags=re.M)
     outputs = [""] * len(blocks)
     marks = list(zip(parts[1::3], map(float, parts[2::3]), parts[3::3]))
-    for (number, at, text), (_, until, _) in zip(marks, marks[1:]):
+    for (number, at, _), (_, until, _) in zip(marks, marks[1:]):
         print(f"README block at line {blocks[int(number)].line}: {until - at:.1f} s")
     for number, _, text in marks:
         if number != "end":
             outputs[int(number)] = text
-    reached = len(marks) - 1
     if status == 0:
         return outputs, None
+    reached = max(len(marks) - 1, 0)
     why = (f"was still running after {BLOCKS_TIMEOUT} s (all blocks)" if status is None
-           else f"exited with status {status}")
+           else f"exited with status {status}" + ("" if marks else " before any block ran (bash's syntax?)"))
+    if not marks:
+        outputs[0] = out.read_text()
     print(f"README blocks ran for {time.monotonic() - started:.0f} s", file=sys.stderr)
     return outputs, (blocks[reached], outputs[reached], why)
 
