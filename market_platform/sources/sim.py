@@ -689,6 +689,28 @@ class SimMarket:
         })
         return _cast(table, UNIVERSE).sort_by("symbol")
 
+    # ----------------------------------------------------------------------- corporate actions
+
+    def corporate_actions(self, start: date | str, end: date | str, *,
+                          symbols: Sequence[str] | None = None, as_of: date | str | None = None) -> pa.Table:
+        """The simulated market's corporate actions (schemas.CORPORATE_ACTIONS, source `sim`) with
+        ex_date in [start, end], sorted by (symbol, ex_date, action_type, action_id).
+
+        Deterministic like the rest of the market (a function of the seed alone): forward splits
+        (2:1, 3:1, 3:2), reverse splits (1:10), quarterly cash dividends of about a third of the
+        stocks with now and then a special one, ticker renames (the history continues under the
+        new symbol: e.g. RDS.A became SHEL on 2022-01-31) and delistings (the symbol stops trading,
+        its history stays). Raw prices (every bar, trade and quote of this market) jump on the
+        ex-date exactly as the action says: a split multiplies them by split_from / split_to and its
+        volumes by split_to / split_from; a dividend takes cash_amount off the previous close.
+
+        `symbols`: None means the stock, ETF and OTC names trading at this scale on the day before
+        the action; otherwise those symbols (an action is included when its `symbol` or its
+        `new_symbol` is asked for), whatever the scale. `as_of`: keep only actions announced by
+        then (announced_date <= as_of), what a vendor would have served on that day.
+        """
+        raise NotImplementedError
+
     def _log_close(self, rows: np.ndarray, ordinal: int) -> np.ndarray:
         """Log closing price of `rows` on calendar day `ordinal`, from the daily path."""
         t = ordinal - EPOCH.toordinal()
