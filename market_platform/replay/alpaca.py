@@ -441,6 +441,10 @@ def cusip(symbol: str) -> str:
 
 
 def _action_dict(action_type: str, r: dict[str, Any]) -> dict[str, Any]:
+    return {"id": str(uuid.uuid5(_ASSET_IDS, r["action_id"])), **_action_fields(action_type, r)}
+
+
+def _action_fields(action_type: str, r: dict[str, Any]) -> dict[str, Any]:
     ex = r["ex_date"].isoformat()
     symbol = r["symbol"]
     if action_type in ("forward_split", "reverse_split"):

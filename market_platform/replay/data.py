@@ -291,7 +291,10 @@ class ReplayData:
 
     def previous_close(self, symbol: str, day: date) -> float | None:
         """`symbol`'s last raw price of the session before `day` (None when it did not trade)."""
-        prev = calendar.default_calendar().previous_session(day)
+        try:
+            prev = calendar.default_calendar().previous_session(day)
+        except InvalidInputError:  # the calendar's first session
+            return None
         bars = self.minute_bars([symbol], prev)
         return bars.column("close")[-1].as_py() if bars.num_rows else None
 
