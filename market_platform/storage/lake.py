@@ -134,6 +134,8 @@ PLATFORM_DATASETS: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     # Universe snapshots, per category and day; the top-3000 ranking per day.
     "universe": (schemas.UNIVERSE, ("category", "date")),
     "top3000": (schemas.RANKED_UNIVERSE, ("date",)),
+    # Corporate actions: one file per reporting source, replaced whole by each refresh.
+    "corporate_actions": (schemas.CORPORATE_ACTIONS, ("source",)),
     # Derived data.
     "daily_metrics": (schemas.DAILY_METRICS, ("date",)),
     "intraday_metrics": (schemas.INTRADAY_METRICS, ("date",)),
