@@ -259,6 +259,34 @@ def connect(lake: Lake, *, as_of: date | str | None = None) -> tuple[duckdb.Duck
         raise
 
 
+_DAY_ACTIONS_SQL = """
+WITH known AS (
+    SELECT * FROM corporate_actions WHERE ex_date = $day AND announced_date <= $day
+    QUALIFY row_number() OVER (PARTITION BY action_id ORDER BY source) = 1
+)
+SELECT symbol,
+       any_value(new_symbol) FILTER (WHERE action_type = 'rename') AS new_symbol,
+       coalesce(product(split_from / split_to) FILTER (WHERE action_type = 'split'), 1.0) AS split,
+       coalesce(sum(cash_amount) FILTER (WHERE action_type = 'dividend'), 0.0) AS cash
+FROM known
+GROUP BY symbol
+ORDER BY symbol
+"""
+
+DAY_ACTIONS = pa.schema([("symbol", pa.string()), ("new_symbol", pa.string()), ("split", pa.float64()),
+                         ("cash", pa.float64())])
+
+
+def day_actions(lake: Lake, day: date | str) -> pa.Table:
+    """The actions taking effect on session `day` (ex_date = day) known by then, one row per symbol
+    as traded the session before: (symbol, new_symbol of a rename, split = product of split_from /
+    split_to, cash = dividends per share). What a return from the previous session to `day` crosses."""
+    day = calendar.to_date(day)
+    if not lake.partitions(ACTIONS):
+        return DAY_ACTIONS.empty_table()
+    return lake.query(_DAY_ACTIONS_SQL, {"day": day}).cast(DAY_ACTIONS)
+
+
 def bars_as_of(
     symbols: str | Sequence[str],
     start: date | str,
@@ -318,4 +346,4 @@ def _empty_result() -> pa.Table:
 
 
 __all__ = ["ADJUSTMENTS", "BAR_DATASETS", "Installed", "adjusted_sql", "bars_as_of", "check_adjust", "connect",
-           "install", "lineage", "view_name"]
+           "day_actions", "install", "lineage", "view_name"]
