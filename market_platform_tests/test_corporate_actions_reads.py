@@ -256,3 +256,15 @@ def test_query_cli_as_of(corp_lake, monkeypatch):
         counts[as_of] = int(result.output.splitlines()[-1])
     # In effect by then: CCC's dividend; and AAA's split; and all seven ex-dates.
     assert counts == {"2024-11-22": 1, "2024-11-25": 2, "2024-12-31": 7}
+
+
+def test_status_shows_renames_and_delistings(corp_lake, monkeypatch):
+    monkeypatch.setenv("MARKET_LAKE_URL", str(corp_lake.url))
+    shown = {t: CliRunner().invoke(main, ["status", t]) for t in ("DDD", "CCC", "EEE")}
+    assert all(r.exit_code == 0 for r in shown.values()), {t: r.output for t, r in shown.items()}
+    ddd = shown["DDD"].output
+    assert "history: CCC until 2024-12-16 (exclusive); DDD from 2024-12-16 on" in ddd
+    assert "bars traded as CCC" in ddd and "bars traded as DDD" in ddd
+    assert "2024-11-18 14:30  2024-12-13 14:34" in ddd  # CCC's minute bars, labelled as such
+    assert "renamed: trades as DDD from 2024-12-16" in shown["CCC"].output
+    assert "delisted: no longer trades from 2024-12-20" in shown["EEE"].output

@@ -165,6 +165,21 @@ ORDER BY symbol, ex_date
 """
 
 
+# The factors per (symbol, session) for the sessions the lake holds before each symbol's last
+# ex-date (elsewhere the factor is 1): a hash join on (symbol, date) adjusts any number of bars a
+# session, where an ASOF join per bar would sort them all.
+_DAYS_SQL = """
+CREATE OR REPLACE TEMP TABLE __adj_days AS
+WITH intervals AS (
+    SELECT symbol, coalesce(lag(ex_date) OVER (PARTITION BY symbol ORDER BY ex_date), DATE '1900-01-01') AS first_day,
+           ex_date AS end_day, split_factor, all_factor
+    FROM __adj_factors
+)
+SELECT i.symbol, d.day AS date, i.split_factor, i.all_factor
+FROM intervals i JOIN __adj_dates_arrow d ON d.day >= i.first_day AND d.day < i.end_day
+"""
+
+
 def _closes_sql(con: duckdb.DuckDBPyConnection, lake: Lake, days: list[date]) -> str:
     """A relation (symbol, day, close) holding the raw whole-session close of every symbol on
     `days` (the sessions before dividends' ex-dates): from minute_bars where the lake has that
@@ -217,6 +232,9 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
         LEFT JOIN __adj_closes c ON c.symbol = d.traded_symbol AND c.day = p.prev_day
         WHERE d.action_type = 'dividend' AND c.close IS NULL ORDER BY 2, 1""").fetchall()
     con.execute("CREATE OR REPLACE TEMP TABLE adjustment_factors AS SELECT * FROM __adj_factors")
+    dates = sorted({day for dataset in BAR_DATASETS if dataset in views for day in lake.dates(dataset)})
+    con.register("__adj_dates_arrow", pa.table({"day": pa.array([date.fromisoformat(d) for d in dates], pa.date32())}))
+    con.execute(_DAYS_SQL)
     created = []
     has_renames = bool(renames)
     for dataset in BAR_DATASETS:
@@ -243,10 +261,9 @@ def adjusted_sql(relation: str, adjust: str, *, renames: bool = True) -> str:
         return f"SELECT __lineage AS symbol, * EXCLUDE (__lineage) RENAME (symbol AS traded_symbol) FROM ({named})"
     factor = f"coalesce(f.{adjust}_factor, 1.0)"
     prices = ", ".join(f"n.{p} * {factor} AS {p}" for p in _PRICES)
-    # ASOF: the first ex-date after the bar's session holds the product of every factor from it on.
     return (f"SELECT n.__lineage AS symbol, n.symbol AS traded_symbol, "
             f"n.* EXCLUDE (__lineage, symbol) REPLACE ({prices}, n.volume / coalesce(f.split_factor, 1.0) AS volume) "
-            f"FROM ({named}) n ASOF LEFT JOIN __adj_factors f ON n.__lineage = f.symbol AND n.date < f.ex_date")
+            f"FROM ({named}) n LEFT JOIN __adj_days f ON n.__lineage = f.symbol AND n.date = f.date")
 
 
 def connect(lake: Lake, *, as_of: date | str | None = None) -> tuple[duckdb.DuckDBPyConnection, Installed]:
