@@ -96,6 +96,15 @@ def measure(lake: Lake, dataset: str, repeat: int) -> dict:
     return out
 
 
+def scenario(lake: Lake, dataset: str, sessions: list[date], tickers: int, minutes: int, repeat: int) -> dict:
+    """Fill `lake` with `dataset` and actions, then `measure` it."""
+    t0 = time.perf_counter()
+    fill(lake, dataset, sessions, tickers, minutes)
+    lake.write_partition("corporate_actions", {"source": "sim"}, actions([f"S{i:04d}" for i in range(tickers)], sessions))
+    written = round(time.perf_counter() - t0, 1)
+    return {"write_s": written, "actions": lake.count("corporate_actions"), **measure(lake, dataset, repeat)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tickers", type=int, default=3000)
@@ -108,23 +117,9 @@ def main() -> None:
     minute_sessions = calendar.sessions(LAST.replace(year=LAST.year - 1) + timedelta(days=1), LAST)
     out: dict = {"tickers": args.tickers, "years": args.years, "minute_tickers": args.minute_tickers}
     with tempfile.TemporaryDirectory() as root:
-        daily = Lake(Path(root) / "daily")
-        t0 = time.perf_counter()
-        fill(daily, "bars_1d", daily_sessions, args.tickers, 1)
-        names = [f"S{i:04d}" for i in range(args.tickers)]
-        daily.write_partition("corporate_actions", {"source": "sim"}, actions(names, daily_sessions))
-        out["daily_write_s"] = round(time.perf_counter() - t0, 1)
-        out["daily_actions"] = daily.count("corporate_actions")
-        out["daily"] = measure(daily, "bars_1d", args.repeat)
-
-        minute = Lake(Path(root) / "minute")
-        t0 = time.perf_counter()
-        fill(minute, "minute_bars", minute_sessions, args.minute_tickers, 960)
-        names = [f"S{i:04d}" for i in range(args.minute_tickers)]
-        minute.write_partition("corporate_actions", {"source": "sim"}, actions(names, minute_sessions))
-        out["minute_write_s"] = round(time.perf_counter() - t0, 1)
-        out["minute_actions"] = minute.count("corporate_actions")
-        out["minute"] = measure(minute, "minute_bars", args.repeat)
+        out["daily"] = scenario(Lake(Path(root) / "daily"), "bars_1d", daily_sessions, args.tickers, 1, args.repeat)
+        out["minute"] = scenario(Lake(Path(root) / "minute"), "minute_bars", minute_sessions, args.minute_tickers,
+                                 960, args.repeat)
     out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
