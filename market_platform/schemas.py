@@ -214,6 +214,24 @@ def action_id(action_type: str, symbol: str, ex_date, dividend_type: str | None 
     return f"{base}:{dividend_type}" if action_type == "dividend" and dividend_type else base
 
 
+def actions_table(rows: list[dict], source: str) -> pa.Table:
+    """CORPORATE_ACTIONS from dicts holding some of its columns (the rest null), `action_id` and
+    `source` filled in, sorted by (symbol, ex_date, action_type, action_id), one row per action_id."""
+    full = []
+    seen = set()
+    for row in rows:
+        out = {name: row.get(name) for name in CORPORATE_ACTIONS.names}
+        out["action_id"] = action_id(out["action_type"], out["symbol"], out["ex_date"], out["dividend_type"])
+        out["source"] = source
+        if out["action_id"] not in seen:
+            seen.add(out["action_id"])
+            full.append(out)
+    table = conform(pa.Table.from_pylist(full, schema=CORPORATE_ACTIONS.with_metadata(None))
+                    if full else CORPORATE_ACTIONS.empty_table(), CORPORATE_ACTIONS)
+    return table.sort_by([("symbol", "ascending"), ("ex_date", "ascending"), ("action_type", "ascending"),
+                          ("action_id", "ascending")])
+
+
 #: Columns that identify a row; writers deduplicate on them.
 KEYS: dict[str, tuple[str, ...]] = {
     "bars": ("symbol", "ts", "source"),
