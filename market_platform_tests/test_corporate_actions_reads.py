@@ -5,7 +5,7 @@ cumulative split and dividend factors over raw bars in which the actions really 
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -268,3 +268,67 @@ def test_status_shows_renames_and_delistings(corp_lake, monkeypatch):
     assert "2024-11-18 14:30  2024-12-13 14:34" in ddd  # CCC's minute bars, labelled as such
     assert "renamed: trades as DDD from 2024-12-16" in shown["CCC"].output
     assert "delisted: no longer trades from 2024-12-20" in shown["EEE"].output
+
+
+# -- the hybrid backfill across the 30-day boundary, with a split inside it -----------------------
+
+#: NVDA's 10:1 split in the simulated market goes ex on 2024-06-10. With "today" 2024-07-06 the
+#: sessions up to 06-05 are more than 30 days old (Flat Files) and the later ones recent (REST), so
+#: REST serves two sessions before the split (raw only if asked adjusted=false) and two after.
+HYBRID_DAYS = (date(2024, 6, 4), date(2024, 6, 5), date(2024, 6, 6), date(2024, 6, 7), date(2024, 6, 10),
+               date(2024, 6, 11))
+HYBRID_NOW = datetime(2024, 7, 6, 16, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def hybrid_replay(sim):
+    from market_platform.replay import ReplayServers, SimProvider
+
+    servers = ReplayServers(SimProvider(sim), flatfile_days=(HYBRID_DAYS[0], HYBRID_DAYS[-1]), clock=lambda: HYBRID_NOW)
+    with servers:
+        yield servers
+
+
+def test_hybrid_backfill_with_a_split_is_raw_in_storage_and_continuous_adjusted(hybrid_replay, sim, tmp_path):
+    from market_platform.history.bars import backfill_session
+    from market_platform_tests.fixtures.history import replay_vendors
+
+    vendors = replay_vendors(hybrid_replay).vendors()
+    vendors.clock = lambda: HYBRID_NOW
+    lake = Lake(tmp_path / "lake")
+    symbols = ["NVDA", "MSFT"]
+    sources = {}
+    for day in HYBRID_DAYS:
+        sources[day] = backfill_session(vendors, lake, day, symbols).source
+        lake.write_partition("bars_1d", day, rollups.rollup(lake, day, "1d"))
+    assert [sources[d] for d in HYBRID_DAYS] == ["polygon_flatfiles"] * 2 + ["polygon_rest"] * 4
+    actions = sim.corporate_actions(HYBRID_DAYS[0], HYBRID_DAYS[-1], symbols=symbols)
+    split = actions.filter(pc.equal(actions["action_type"], "split")).to_pylist()
+    assert [(a["symbol"], a["ex_date"], a["split_from"], a["split_to"]) for a in split] == [
+        ("NVDA", date(2024, 6, 10), 1.0, 10.0)]
+    lake.write_partition("corporate_actions", {"source": "sim"}, actions)
+
+    # Raw in storage, from both sources: the bars as traded, a tenth of the price from the ex-date.
+    columns = ["symbol", "ts", "open", "high", "low", "close", "volume"]
+    for day in HYBRID_DAYS:
+        stored = lake.read_partition("minute_bars", day).select(columns)
+        assert stored.equals(sim.minute_bars(day, symbols).select(columns)), day
+    raw = adjust.bars_as_of("NVDA", HYBRID_DAYS[0], HYBRID_DAYS[-1], adjust="none", timeframe="1m", lake=lake)
+    adjusted = adjust.bars_as_of("NVDA", HYBRID_DAYS[0], HYBRID_DAYS[-1], adjust="split", timeframe="1m", lake=lake)
+
+    def overnight(table: pa.Table) -> list[float]:
+        frame = table.to_pandas()
+        by_day = frame.groupby("date").agg(first_open=("open", "first"), last_close=("close", "last"))
+        return (by_day["first_open"].shift(-1) / by_day["last_close"] - 1).dropna().tolist()
+
+    raw_moves, adjusted_moves = overnight(raw), overnight(adjusted)
+    assert raw_moves[3] == pytest.approx(-0.9, abs=0.02)          # 06-07 -> 06-10: the split, as traded
+    assert max(abs(m) for m in adjusted_moves) < 0.02             # adjusted: the market's moves only
+    ratio = pc.divide(adjusted["close"], raw["close"]).to_numpy()
+    before = pc.less(raw["date"], pa.scalar(date(2024, 6, 10), pa.date32())).to_numpy(zero_copy_only=False)
+    np.testing.assert_allclose(ratio[before], 0.1, rtol=1e-12)
+    np.testing.assert_allclose(ratio[~before], 1.0, rtol=1e-12)
+    # The same across the boundary at the daily timeframe (the rollup of raw bars, adjusted at read).
+    daily = adjust.bars_as_of("NVDA", HYBRID_DAYS[0], HYBRID_DAYS[-1], adjust="all", lake=lake)
+    closes = daily["close"].to_numpy()
+    assert len(closes) == len(HYBRID_DAYS) and np.max(np.abs(closes[1:] / closes[:-1] - 1)) < 0.05
