@@ -165,40 +165,54 @@ ORDER BY symbol, ex_date
 """
 
 
-# The factors per (symbol, session) for the sessions the lake holds before each symbol's last
-# ex-date (elsewhere the factor is 1): a hash join on (symbol, date) adjusts any number of bars a
-# session, where an ASOF join per bar would sort them all.
+# Per (traded symbol, session) of the lake where either is not the identity: the name as of the
+# read (`symbol`) and the factors, for the sessions before each ticker's last ex-date and the
+# sessions an old name traded. Bars join it by hash on (symbol, date): one probe per bar, however
+# many bars a session holds (an ASOF join per bar sorts them all, and is 3-4x slower here).
 _DAYS_SQL = """
 CREATE OR REPLACE TEMP TABLE __adj_days AS
 WITH intervals AS (
     SELECT symbol, coalesce(lag(ex_date) OVER (PARTITION BY symbol ORDER BY ex_date), DATE '1900-01-01') AS first_day,
            ex_date AS end_day, split_factor, all_factor
     FROM __adj_factors
+),
+factors AS (
+    SELECT i.symbol, d.day AS date, i.split_factor, i.all_factor
+    FROM intervals i JOIN __adj_dates_arrow d ON d.day >= i.first_day AND d.day < i.end_day
+),
+renamed AS (
+    SELECT l.traded_symbol, d.day AS date, l.symbol
+    FROM symbol_lineage l JOIN __adj_dates_arrow d ON d.day >= l.first_day AND d.day < l.end_day
 )
-SELECT i.symbol, d.day AS date, i.split_factor, i.all_factor
-FROM intervals i JOIN __adj_dates_arrow d ON d.day >= i.first_day AND d.day < i.end_day
+SELECT coalesce(r.traded_symbol, f.symbol) AS traded_symbol, coalesce(r.date, f.date) AS date,
+       coalesce(r.symbol, f.symbol) AS symbol,
+       coalesce(f.split_factor, 1.0) AS split_factor, coalesce(f.all_factor, 1.0) AS all_factor
+FROM factors f FULL OUTER JOIN renamed r ON f.symbol = r.symbol AND f.date = r.date
 """
 
 
-def _closes_sql(con: duckdb.DuckDBPyConnection, lake: Lake, days: list[date]) -> str:
-    """A relation (symbol, day, close) holding the raw whole-session close of every symbol on
-    `days` (the sessions before dividends' ex-dates): from minute_bars where the lake has that
-    session, else from bars_1d. Both give the session's last 1-minute close."""
-    have = set(con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall())
-    have = {name for (name,) in have}
-    minute_days = set(lake.dates("minute_bars")) if "minute_bars" in have else set()
-    # Dates are Python dates, rendered by isoformat: literals DuckDB prunes partitions with.
+#: Up to this many sessions, the closes' scan names its dates (DuckDB then opens only their files).
+_LISTED_DATES = 200
+
+
+def _closes_sql(views: set[str], lake: Lake, days: list[date]) -> str:
+    """A relation (symbol, day, close): the raw whole-session close of each (symbol, day) of
+    `__adj_needed` (dividends' symbols on the sessions before their ex-dates), from minute_bars
+    where the lake has that session, else from bars_1d. Both give the session's last 1-minute close."""
+    minute_days = set(lake.dates("minute_bars")) if "minute_bars" in views else set()
     in_minutes = sorted(d.isoformat() for d in days if d.isoformat() in minute_days)
     elsewhere = sorted(d.isoformat() for d in days if d.isoformat() not in minute_days)
     parts = []
-    if in_minutes:
-        listed = ", ".join(f"DATE '{d}'" for d in in_minutes)
-        parts.append(f"SELECT symbol, date AS day, arg_max(close, ts) AS close FROM minute_bars "
-                     f"WHERE date IN ({listed}) GROUP BY symbol, date")
-    if elsewhere and "bars_1d" in have:
-        listed = ", ".join(f"DATE '{d}'" for d in elsewhere)
-        parts.append(f"SELECT symbol, date AS day, min_by(close, source) AS close FROM bars_1d "
-                     f"WHERE date IN ({listed}) GROUP BY symbol, date")
+    for dataset, wanted, close in (("minute_bars", in_minutes, "arg_max(b.close, b.ts)"),
+                                   ("bars_1d", elsewhere, "min_by(b.close, b.source)")):
+        if not wanted or dataset not in views:
+            continue
+        # Dates are Python dates rendered by isoformat: literals that prune the partitions scanned.
+        listed = (" AND b.date IN (" + ", ".join(f"DATE '{d}'" for d in wanted) + ")"
+                  if len(wanted) <= _LISTED_DATES else "")
+        parts.append(f"SELECT b.symbol, b.date AS day, {close} AS close FROM {dataset} b "
+                     f"SEMI JOIN __adj_needed n ON b.symbol = n.symbol AND b.date = n.day WHERE true{listed} "
+                     "GROUP BY b.symbol, b.date")
     if not parts:
         return "SELECT CAST(NULL AS VARCHAR) AS symbol, CAST(NULL AS DATE) AS day, CAST(NULL AS DOUBLE) AS close WHERE false"
     return " UNION ALL ".join(parts)
@@ -224,7 +238,9 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
     con.register("__adj_prev_arrow", pa.table({"ex_date": pa.array(list(previous), pa.date32()),
                                                "prev_day": pa.array(list(previous.values()), pa.date32())}))
     con.execute("CREATE OR REPLACE TEMP TABLE __adj_prev AS SELECT * FROM __adj_prev_arrow")
-    con.execute("CREATE OR REPLACE TEMP TABLE __adj_closes AS " + _closes_sql(con, lake, sorted(set(previous.values()))))
+    con.execute("CREATE OR REPLACE TEMP TABLE __adj_needed AS SELECT DISTINCT d.traded_symbol AS symbol, p.prev_day AS day "
+                "FROM __adj_acts d JOIN __adj_prev p USING (ex_date) WHERE d.action_type = 'dividend'")
+    con.execute("CREATE OR REPLACE TEMP TABLE __adj_closes AS " + _closes_sql(views, lake, sorted(set(previous.values()))))
     con.execute(_FACTORS_SQL)
     unpriced = con.sql("""
         SELECT DISTINCT d.traded_symbol, d.ex_date FROM __adj_acts d
@@ -236,34 +252,29 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
     con.register("__adj_dates_arrow", pa.table({"day": pa.array([date.fromisoformat(d) for d in dates], pa.date32())}))
     con.execute(_DAYS_SQL)
     created = []
-    has_renames = bool(renames)
     for dataset in BAR_DATASETS:
         if dataset not in views:
             continue
         for adjust in ADJUSTMENTS:
             con.execute(f"CREATE OR REPLACE TEMP VIEW {view_name(dataset, adjust)} AS "
-                        + adjusted_sql(dataset, adjust, renames=has_renames))
+                        + adjusted_sql(dataset, adjust))
             created.append(view_name(dataset, adjust))
     return Installed(as_of=as_of, actions=con.sql("SELECT count(*) FROM __adj_actions").fetchall()[0][0],
                      renames=len(renames), factors=con.sql("SELECT count(*) FROM __adj_factors").fetchall()[0][0],
                      unpriced_dividends=[(s, d) for s, d in unpriced], views=created)
 
 
-def adjusted_sql(relation: str, adjust: str, *, renames: bool = True) -> str:
+def adjusted_sql(relation: str, adjust: str) -> str:
     """SELECT of `relation` (bars with a `date` column: the session) adjusted by `adjust`, with
     `symbol` the name as of the read and `traded_symbol` the name traded. Needs `install`'s tables."""
     check_adjust(adjust)
-    named = (f"SELECT coalesce(l.symbol, b.symbol) AS __lineage, b.* FROM {relation} b "
-             "LEFT JOIN symbol_lineage l ON b.symbol = l.traded_symbol "
-             "AND b.date >= l.first_day AND b.date < l.end_day") if renames else \
-        f"SELECT b.symbol AS __lineage, b.* FROM {relation} b"
-    if adjust == "none":
-        return f"SELECT __lineage AS symbol, * EXCLUDE (__lineage) RENAME (symbol AS traded_symbol) FROM ({named})"
-    factor = f"coalesce(f.{adjust}_factor, 1.0)"
-    prices = ", ".join(f"n.{p} * {factor} AS {p}" for p in _PRICES)
-    return (f"SELECT n.__lineage AS symbol, n.symbol AS traded_symbol, "
-            f"n.* EXCLUDE (__lineage, symbol) REPLACE ({prices}, n.volume / coalesce(f.split_factor, 1.0) AS volume) "
-            f"FROM ({named}) n LEFT JOIN __adj_days f ON n.__lineage = f.symbol AND n.date = f.date")
+    replace = ""
+    if adjust != "none":
+        factor = f"coalesce(f.{adjust}_factor, 1.0)"
+        prices = ", ".join(f"b.{p} * {factor} AS {p}" for p in _PRICES)
+        replace = f" REPLACE ({prices}, b.volume / coalesce(f.split_factor, 1.0) AS volume)"
+    return (f"SELECT coalesce(f.symbol, b.symbol) AS symbol, b.symbol AS traded_symbol, b.* EXCLUDE (symbol){replace} "
+            f"FROM {relation} b LEFT JOIN __adj_days f ON b.symbol = f.traded_symbol AND b.date = f.date")
 
 
 def connect(lake: Lake, *, as_of: date | str | None = None) -> tuple[duckdb.DuckDBPyConnection, Installed]:
