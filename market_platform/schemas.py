@@ -30,19 +30,26 @@ class Source(StrEnum):
     DERIVED = "derived"                      # computed by the platform (rollups)
 
 
+#: Parquet key-value metadata every bars file carries: its prices and volumes are raw (as traded,
+#: never split- or dividend-adjusted; adjusted views are computed at read time from
+#: `corporate_actions`). A file of REST bars without it was written before bars were stored raw
+#: and may hold split-adjusted prices (`market_platform.history.raw`).
+RAW_BARS_KEY, RAW_BARS_VALUE = b"market_platform.prices", b"raw"
+
 BARS = pa.schema(
     [
         pa.field("symbol", pa.string(), nullable=False),
         pa.field("ts", TS, nullable=False),  # start of the bar's interval
-        pa.field("open", pa.float64(), nullable=False),
+        pa.field("open", pa.float64(), nullable=False),  # raw prices, as traded (see RAW_BARS_KEY)
         pa.field("high", pa.float64(), nullable=False),
         pa.field("low", pa.float64(), nullable=False),
         pa.field("close", pa.float64(), nullable=False),
-        pa.field("volume", pa.float64(), nullable=False),
+        pa.field("volume", pa.float64(), nullable=False),  # raw shares, not split-adjusted
         pa.field("vwap", pa.float64()),
         pa.field("trade_count", pa.int64()),
         pa.field("source", pa.string(), nullable=False),
-    ]
+    ],
+    metadata={RAW_BARS_KEY: RAW_BARS_VALUE},
 )
 
 QUOTES = pa.schema(

@@ -273,6 +273,10 @@ def status(ticker: str | None, dataset: str | None, workers: bool = False) -> No
                        f"latest {snap.latest_rows:,} tickers")
     click.echo("bars")
     _print_coverages([c for c in (lake_status.coverage(store, d) for d in lake_status.BAR_DATASETS) if c.rows])
+    from market_platform.history import raw
+
+    for line in raw.report(store):
+        click.echo(line)
     others = [d for d in store.datasets() if d not in lake_status.BAR_DATASETS and d not in ("universe", "top3000")]
     for name in others:
         click.echo(f"{name}: {len(store.partitions(name))} partitions, {store.count(name):,} rows")

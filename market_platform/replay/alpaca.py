@@ -218,6 +218,7 @@ class AlpacaReplay(ReplayHTTPServer):
         entries = [(_action_type(r), r) for r in rows]
         entries = [(t, r) for t, r in entries if t in types]
         offset = int(_unb64_token(q.get("page_token")) or 0)
+        limit = min(limit, self.page_cap)
         page = entries[offset:offset + limit]
         out: dict[str, list[dict[str, Any]]] = {}
         for action_type, r in page:

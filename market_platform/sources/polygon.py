@@ -220,22 +220,11 @@ class PolygonSource:
         if start > end:
             raise InvalidInputError(f"start {start.isoformat()} is after end {end.isoformat()}")
         wanted = None if symbols is None else set(symbol_list(symbols))
+        # A few tickers are asked one by one; more, in bulk (pages of 1,000) and filtered here.
+        tickers = [None] if wanted is None or len(wanted) > 20 else sorted(sym.to_polygon(s) for s in wanted)
         rows: list[dict[str, Any]] = []
-        with self._mapped("splits"):
-            for s in self._client.list_splits(execution_date_gte=start.isoformat(), execution_date_lte=end.isoformat(),
-                                              limit=1000, sort="execution_date", order="asc"):
-                day = date.fromisoformat(s.execution_date)
-                rows.append({"symbol": sym.from_polygon(s.ticker), "action_type": "split", "ex_date": day,
-                             "announced_date": day, "split_from": float(s.split_from), "split_to": float(s.split_to)})
-        with self._mapped("dividends"):
-            for d in self._client.list_dividends(ex_dividend_date_gte=start.isoformat(),
-                                                 ex_dividend_date_lte=end.isoformat(), limit=1000,
-                                                 sort="ex_dividend_date", order="asc"):
-                day = date.fromisoformat(d.ex_dividend_date)
-                rows.append({"symbol": sym.from_polygon(d.ticker), "action_type": "dividend", "ex_date": day,
-                             "announced_date": _day(d.declaration_date) or day, "cash_amount": d.cash_amount,
-                             "dividend_type": d.dividend_type if d.dividend_type in ("CD", "SC") else "CD",
-                             "record_date": _day(d.record_date), "pay_date": _day(d.pay_date)})
+        for ticker in tickers:
+            rows.extend(self._splits_and_dividends(start, end, ticker))
         with self._mapped("delisted tickers"):
             for t in self._client.list_tickers(market="stocks", active=False, date=end.isoformat(), limit=1000):
                 gone = _day(t.delisted_utc)
@@ -246,6 +235,26 @@ class PolygonSource:
         if wanted is not None:
             rows = [r for r in rows if r["symbol"] in wanted]
         return actions_table(rows, "polygon")
+
+    def _splits_and_dividends(self, start: date, end: date, ticker: str | None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        with self._mapped("splits"):
+            for s in self._client.list_splits(ticker=ticker, execution_date_gte=start.isoformat(),
+                                              execution_date_lte=end.isoformat(), limit=1000,
+                                              sort="execution_date", order="asc"):
+                day = date.fromisoformat(s.execution_date)
+                rows.append({"symbol": sym.from_polygon(s.ticker), "action_type": "split", "ex_date": day,
+                             "announced_date": day, "split_from": float(s.split_from), "split_to": float(s.split_to)})
+        with self._mapped("dividends"):
+            for d in self._client.list_dividends(ticker=ticker, ex_dividend_date_gte=start.isoformat(),
+                                                 ex_dividend_date_lte=end.isoformat(), limit=1000,
+                                                 sort="ex_dividend_date", order="asc"):
+                day = date.fromisoformat(d.ex_dividend_date)
+                rows.append({"symbol": sym.from_polygon(d.ticker), "action_type": "dividend", "ex_date": day,
+                             "announced_date": _day(d.declaration_date) or day, "cash_amount": d.cash_amount,
+                             "dividend_type": d.dividend_type if d.dividend_type in ("CD", "SC") else "CD",
+                             "record_date": _day(d.record_date), "pay_date": _day(d.pay_date)})
+        return rows
 
     def check_symbols(self, symbols: Sequence[str], day: date | str) -> None:
         """Raise UnknownSymbolError naming every symbol Polygon does not list on `day`."""

@@ -297,6 +297,15 @@ class Lake:
         spec = partition_spec(dataset, partition)
         return self._read(f"{_partition_dir(dataset, spec)}/{DATA_FILE}", _label(dataset, spec), columns)
 
+    def file_metadata(self, dataset: str, partition: Partition) -> dict[bytes, bytes]:
+        """The key-value metadata of a partition's Parquet file (its Arrow schema's), e.g.
+        schemas.RAW_BARS_KEY; raises PartitionNotFoundError when there is no such partition."""
+        spec = partition_spec(dataset, partition)
+        rel = f"{_partition_dir(dataset, spec)}/{DATA_FILE}"
+        with self._errors(f"reading {_label(dataset, spec)}", missing=rel):
+            with self._store.fs.open_input_file(self._store.path(rel)) as file:
+                return dict(pq.ParquetFile(file).schema_arrow.metadata or {})
+
     def has_partition(self, dataset: str, partition: Partition) -> bool:
         spec = partition_spec(dataset, partition)
         return self._store.exists(f"{_partition_dir(dataset, spec)}/{DATA_FILE}")
