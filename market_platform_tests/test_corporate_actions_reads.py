@@ -177,6 +177,9 @@ def test_an_action_applies_from_its_announcement_not_its_ex_date(tmp_path):
     as_of_query = query.query("SELECT count(*) AS n FROM adjustment_factors WHERE symbol = 'AAA'",
                               lake=lake, as_of=date(2024, 11, 25))
     assert as_of_query["n"][0].as_py() == 0
+    # A view as of a day holds no later session: no look-ahead through SQL either.
+    latest = query.query("SELECT max(date) AS last FROM minute_bars_adjusted_split", lake=lake, as_of=date(2024, 11, 25))
+    assert latest["last"][0].as_py() == date(2024, 11, 25)
 
 
 def test_bars_as_of_names_a_bad_request(corp_lake):
@@ -332,3 +335,13 @@ def test_hybrid_backfill_with_a_split_is_raw_in_storage_and_continuous_adjusted(
     daily = adjust.bars_as_of("NVDA", HYBRID_DAYS[0], HYBRID_DAYS[-1], adjust="all", lake=lake)
     closes = daily["close"].to_numpy()
     assert len(closes) == len(HYBRID_DAYS) and np.max(np.abs(closes[1:] / closes[:-1] - 1)) < 0.05
+
+
+def test_lineage_chains_renames_and_keeps_a_reused_ticker_apart():
+    e1, e2, e3 = date(2020, 3, 2), date(2021, 6, 1), date(2023, 1, 3)
+    rows = adjust.lineage([("B", "C", e2), ("A", "B", e1), ("A", "D", e3)]).to_pylist()
+    assert [(r["traded_symbol"], r["first_day"], r["end_day"], r["symbol"]) for r in rows] == [
+        ("A", date(1900, 1, 1), e1, "C"),   # A became B, then C: its history is C's
+        ("B", e1, e2, "C"),
+        ("A", e1, e3, "D"),                 # another listing took the ticker A, then became D
+    ]

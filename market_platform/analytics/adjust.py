@@ -29,7 +29,7 @@ history. Delistings change no price: the symbol's history stays, its last bar is
 In SQL (`query`): for each bar dataset (minute_bars, bars_5m, bars_15m, bars_1h, bars_1d and the
 vendors' `vendor_bars_*`) the views `<dataset>_adjusted_split` and `<dataset>_adjusted_all`, with
 the raw dataset's columns plus `traded_symbol`; `<dataset>_labelled` is the raw bars with the same
-labels (no adjustment). `adjustment_factors` shows the factors (one row per symbol and ex-date:
+labels (no adjustment). The views hold the sessions up to the read's date only. `adjustment_factors` shows the factors (one row per symbol and ex-date:
 the factor of the bars before it), `symbol_lineage` the renames as traded-symbol ranges.
 
 In Python: `bars_as_of(["AAPL"], "2024-01-02", "2024-06-28", as_of="2024-06-28", adjust="all")`.
@@ -95,8 +95,9 @@ def lineage(renames: Sequence[tuple[str, str, date]]) -> pa.Table:
     ordered = sorted(renames, key=lambda r: (r[2], r[0]))
     rows = []
     for index, (old, new, ex) in enumerate(ordered):
-        # Since when `old` traded under that name: the latest rename into it before this one.
-        first = max((e for _, n, e in ordered[:index] if n == old and e < ex), default=date(1900, 1, 1))
+        # Since when `old` traded under that name for this company: the latest rename into it, or
+        # away from it (a ticker reused by another listing), before this one.
+        first = max((e for o, n, e in ordered[:index] if old in (n, o) and e < ex), default=date(1900, 1, 1))
         final, since = new, ex
         while True:
             nxt = next(((n, e) for o, n, e in ordered if o == final and e > since), None)
@@ -184,10 +185,14 @@ renamed AS (
     SELECT l.traded_symbol, d.day AS date, l.symbol
     FROM symbol_lineage l JOIN __adj_dates_arrow d ON d.day >= l.first_day AND d.day < l.end_day
 )
-SELECT coalesce(r.traded_symbol, f.symbol) AS traded_symbol, coalesce(r.date, f.date) AS date,
-       coalesce(r.symbol, f.symbol) AS symbol,
+-- An old name's bars carry its successor's factors; a ticker's own factors apply to the sessions
+-- its bars are its own (not those it traded as another company, before a rename away).
+SELECT r.traded_symbol, r.date, r.symbol,
        coalesce(f.split_factor, 1.0) AS split_factor, coalesce(f.all_factor, 1.0) AS all_factor
-FROM factors f FULL OUTER JOIN renamed r ON f.symbol = r.symbol AND f.date = r.date
+FROM renamed r LEFT JOIN factors f ON f.symbol = r.symbol AND f.date = r.date
+UNION ALL
+SELECT f.symbol, f.date, f.symbol, f.split_factor, f.all_factor
+FROM factors f ANTI JOIN renamed r ON r.traded_symbol = f.symbol AND r.date = f.date
 """
 
 
@@ -220,7 +225,8 @@ def _closes_sql(views: set[str], lake: Lake, days: list[date]) -> str:
 
 def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | None = None) -> Installed:
     """Create in `con` (a `Lake.connect()` connection) the adjusted views of every bar dataset the
-    lake holds, `adjustment_factors` and `symbol_lineage`, as of `as_of` (default: today)."""
+    lake holds, `adjustment_factors` and `symbol_lineage`, as of `as_of` (default: today): the
+    views hold the sessions up to `as_of` only, adjusted by what was known and in effect then."""
     as_of = today() if as_of is None else calendar.to_date(as_of)
     views = {name for (name,) in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     if ACTIONS in views:
@@ -257,24 +263,27 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
             continue
         for adjust in ADJUSTMENTS:
             con.execute(f"CREATE OR REPLACE TEMP VIEW {view_name(dataset, adjust)} AS "
-                        + adjusted_sql(dataset, adjust))
+                        + adjusted_sql(dataset, adjust, as_of))
             created.append(view_name(dataset, adjust))
     return Installed(as_of=as_of, actions=con.sql("SELECT count(*) FROM __adj_actions").fetchall()[0][0],
                      renames=len(renames), factors=con.sql("SELECT count(*) FROM __adj_factors").fetchall()[0][0],
                      unpriced_dividends=[(s, d) for s, d in unpriced], views=created)
 
 
-def adjusted_sql(relation: str, adjust: str) -> str:
+def adjusted_sql(relation: str, adjust: str, as_of: date | None = None) -> str:
     """SELECT of `relation` (bars with a `date` column: the session) adjusted by `adjust`, with
-    `symbol` the name as of the read and `traded_symbol` the name traded. Needs `install`'s tables."""
+    `symbol` the name as of the read and `traded_symbol` the name traded, and only the sessions up
+    to `as_of` (None: all). Needs `install`'s tables."""
     check_adjust(adjust)
+    # A date rendered by isoformat: a literal, so DuckDB prunes the later partitions.
+    until = f" WHERE b.date <= DATE '{as_of.isoformat()}'" if as_of is not None else ""
     replace = ""
     if adjust != "none":
         factor = f"coalesce(f.{adjust}_factor, 1.0)"
         prices = ", ".join(f"b.{p} * {factor} AS {p}" for p in _PRICES)
         replace = f" REPLACE ({prices}, b.volume / coalesce(f.split_factor, 1.0) AS volume)"
     return (f"SELECT coalesce(f.symbol, b.symbol) AS symbol, b.symbol AS traded_symbol, b.* EXCLUDE (symbol){replace} "
-            f"FROM {relation} b LEFT JOIN __adj_days f ON b.symbol = f.traded_symbol AND b.date = f.date")
+            f"FROM {relation} b LEFT JOIN __adj_days f ON b.symbol = f.traded_symbol AND b.date = f.date{until}")
 
 
 def connect(lake: Lake, *, as_of: date | str | None = None) -> tuple[duckdb.DuckDBPyConnection, Installed]:

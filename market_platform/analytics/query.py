@@ -11,7 +11,8 @@ Adjusted reads (`market_platform.analytics.adjust`): every bar dataset also has 
 `<dataset>_adjusted_split` and `<dataset>_adjusted_all` (prices adjusted for splits, or for splits
 and dividends; volumes for splits) and `<dataset>_labelled` (raw), each with `traded_symbol` beside
 `symbol` (a renamed ticker's history is under its new name), plus `adjustment_factors` and
-`symbol_lineage`; as of today, or of `as_of` (only the actions announced and in effect by then).
+`symbol_lineage`; as of today, or of `as_of` (only the actions announced and in effect by then, and
+only the sessions up to it: no look-ahead).
 They are built only for SQL that names one of them.
 
     SELECT date, close, traded_symbol FROM bars_1d_adjusted_all WHERE symbol = 'DDD' ORDER BY date
