@@ -16,9 +16,10 @@ Factors, for a bar of session d (a step function of d per symbol, computed once 
   halves earlier prices and doubles earlier volumes. trade_count is left alone.
 - **all** = split times, for each dividend with ex_date > d, (1 - cash_amount / c), c being the
   symbol's raw close of the session before the ex-date (the last 1-minute bar of that session,
-  as `bars_1d` rolls it up; CRSP's and Yahoo's convention). A dividend whose symbol has no bar in
-  the lake on that session cannot be priced and is left out (`unpriced_dividends` lists them).
-  Volumes get the split factor only.
+  as `bars_1d` rolls it up: read from bars_1d, else minute_bars; CRSP's and Yahoo's convention).
+  A dividend whose symbol has no bar in the lake on that session cannot be priced and is left
+  out (`Installed.unpriced_dividends` lists them). Volumes get the split factor only. A split and
+  a dividend on the same ex-date: the dividend's ratio uses the raw close before the split.
 
 Renames chain symbols: the history of an old ticker is the history of the ticker it became. An
 adjusted read labels every bar with `symbol` (the name as of the read's date, following every
@@ -202,14 +203,15 @@ _LISTED_DATES = 200
 
 def _closes_sql(views: set[str], lake: Lake, days: list[date]) -> str:
     """A relation (symbol, day, close): the raw whole-session close of each (symbol, day) of
-    `__adj_needed` (dividends' symbols on the sessions before their ex-dates), from minute_bars
-    where the lake has that session, else from bars_1d. Both give the session's last 1-minute close."""
-    minute_days = set(lake.dates("minute_bars")) if "minute_bars" in views else set()
-    in_minutes = sorted(d.isoformat() for d in days if d.isoformat() in minute_days)
-    elsewhere = sorted(d.isoformat() for d in days if d.isoformat() not in minute_days)
+    `__adj_needed` (dividends' symbols on the sessions before their ex-dates), from bars_1d where
+    the lake has that session (a file of one bar per symbol), else from minute_bars. Both give the
+    session's last 1-minute close."""
+    daily_days = set(lake.dates("bars_1d")) if "bars_1d" in views else set()
+    in_daily = sorted(d.isoformat() for d in days if d.isoformat() in daily_days)
+    elsewhere = sorted(d.isoformat() for d in days if d.isoformat() not in daily_days)
     parts = []
-    for dataset, wanted, close in (("minute_bars", in_minutes, "arg_max(b.close, b.ts)"),
-                                   ("bars_1d", elsewhere, "min_by(b.close, b.source)")):
+    for dataset, wanted, close in (("bars_1d", in_daily, "min_by(b.close, b.source)"),
+                                   ("minute_bars", elsewhere, "arg_max(b.close, b.ts)")):
         if not wanted or dataset not in views:
             continue
         # Dates are Python dates rendered by isoformat: literals that prune the partitions scanned.
