@@ -79,6 +79,7 @@ class AlpacaReplay(ReplayHTTPServer):
         self.route(r"/v2/calendar", self.calendar)
         self.route(r"/v2/clock", self.clock_now)
         self.route(r"/v1/corporate-actions", self.corporate_actions)
+        self._action_pages: dict[tuple, list[tuple[str, dict[str, Any]]]] = {}
         self._add_snapshot_routes()
 
     # ----------------------------------------------------------------------- vendor specifics
@@ -213,10 +214,18 @@ class AlpacaReplay(ReplayHTTPServer):
         if unknown:
             raise InvalidInputError(f"invalid types: {','.join(sorted(unknown))}")
         symbols = [s for s in (q.get("symbols") or "").split(",") if s] or None
-        table = self.data.corporate_actions(as_of=today, symbols=symbols, start=start, end=end)
-        rows = sorted(table.to_pylist(), key=lambda r: (r["ex_date"], r["action_id"]), reverse=order == "desc")
-        entries = [(_action_type(r), r) for r in rows]
-        entries = [(t, r) for t, r in entries if t in types]
+        key = (today, start, end, tuple(symbols or ()), tuple(sorted(types)), order)
+        entries = self._action_pages.get(key)
+        if entries is None:  # computed once while a client pages through it
+            if symbols is None:
+                rows = [r for r in self.data.corporate_action_rows(today) if start <= r["ex_date"] <= end]
+            else:
+                rows = self.data.corporate_actions(as_of=today, symbols=symbols, start=start, end=end).to_pylist()
+            rows = sorted(rows, key=lambda r: (r["ex_date"], r["action_id"]), reverse=order == "desc")
+            entries = [(t, r) for t, r in ((_action_type(r), r) for r in rows) if t in types]
+            if len(self._action_pages) >= 16:
+                self._action_pages.pop(next(iter(self._action_pages)), None)
+            self._action_pages[key] = entries
         offset = int(_unb64_token(q.get("page_token")) or 0)
         limit = min(limit, self.page_cap)
         page = entries[offset:offset + limit]
@@ -441,6 +450,10 @@ def cusip(symbol: str) -> str:
 
 
 def _action_dict(action_type: str, r: dict[str, Any]) -> dict[str, Any]:
+    return {"id": str(uuid.uuid5(_ASSET_IDS, r["action_id"])), **_action_fields(action_type, r)}
+
+
+def _action_fields(action_type: str, r: dict[str, Any]) -> dict[str, Any]:
     ex = r["ex_date"].isoformat()
     symbol = r["symbol"]
     if action_type in ("forward_split", "reverse_split"):

@@ -147,6 +147,7 @@ class ReplayData:
         self._universes: dict[tuple[str, date, bool], pa.Table] = {}
         self._corrections: dict[date, pa.Table] = {}
         self._actions: pa.Table | None = None
+        self._action_rows: dict[date, list[dict]] = {}
         self._lock = threading.Lock()
         #: Goes up whenever served bars change (corrections), for caches built on top.
         self.revision = 0
@@ -289,9 +290,25 @@ class ReplayData:
             keep = pc.and_(keep, pc.less_equal(table.column("ex_date"), pa.scalar(end, pa.date32())))
         return table.filter(keep)
 
+    def corporate_action_rows(self, as_of: date) -> list[dict]:
+        """`corporate_actions(as_of=as_of)` of the whole market as dicts, sorted by (symbol,
+        ex_date); cached per day, for servers that page through them."""
+        with self._lock:
+            rows = self._action_rows.get(as_of)
+        if rows is None:
+            rows = self.corporate_actions(as_of=as_of).to_pylist()
+            with self._lock:
+                if len(self._action_rows) > 8:
+                    self._action_rows.clear()
+                self._action_rows[as_of] = rows
+        return rows
+
     def previous_close(self, symbol: str, day: date) -> float | None:
         """`symbol`'s last raw price of the session before `day` (None when it did not trade)."""
-        prev = calendar.default_calendar().previous_session(day)
+        try:
+            prev = calendar.default_calendar().previous_session(day)
+        except InvalidInputError:  # the calendar's first session
+            return None
         bars = self.minute_bars([symbol], prev)
         return bars.column("close")[-1].as_py() if bars.num_rows else None
 

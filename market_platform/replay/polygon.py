@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 import uuid
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta, timezone
@@ -117,6 +118,8 @@ class PolygonReplay(ReplayHTTPServer):
         self.route(r"/v2/snapshot/locale/global/markets/crypto/tickers",
                    lambda request: self.snapshot(request, "crypto"))
         self.book = SnapshotBook(data)
+        self._listings: dict[tuple, list[dict[str, Any]]] = {}
+        self._listings_lock = threading.Lock()
         self.route(r"/v1/marketstatus/now", self.market_status)
 
     # ----------------------------------------------------------------------- vendor specifics
@@ -274,58 +277,79 @@ class PolygonReplay(ReplayHTTPServer):
 
     def _actions(self, action_type: str, *, factors: bool = False) -> list[dict[str, Any]]:
         today = self._today()
-        table = self.data.corporate_actions(as_of=today)
-        rows = [r for r in table.to_pylist() if r["action_type"] == action_type]
+        rows = [r for r in self.data.corporate_action_rows(today) if r["action_type"] == action_type]
         return _with_adjustment_factors(rows, today, self.data.previous_close) if factors else rows
+
+    def _listing(self, path: str, params: dict[str, str], build) -> list[dict[str, Any]]:
+        """`build()`'s filtered and sorted rows, kept while clients page through them (the cursor
+        repeats every filter, so page n of a listing is a slice of the same rows)."""
+        key = (path, self._today(), tuple(sorted((k, v) for k, v in params.items() if k not in ("offset", "limit"))))
+        with self._listings_lock:
+            rows = self._listings.get(key)
+        if rows is None:
+            rows = build()
+            with self._listings_lock:
+                if len(self._listings) >= 16:
+                    self._listings.pop(next(iter(self._listings)))
+                self._listings[key] = rows
+        return rows
 
     def splits(self, request: Request) -> Reply:
         params = self._params(request)
         limit = _int_param(params, "limit", 10, 1, 1000)
         offset = _int_param(params, "offset", 0, 0, None)
-        rows = [_split_v3(r) for r in self._actions("split")]
-        if params.get("reverse_split") is not None:
-            reverse = params["reverse_split"].lower() == "true"
-            rows = [r for r in rows if (r["split_from"] > r["split_to"]) == reverse]
-        rows = _filtered(rows, params, {"ticker": str, "execution_date": str})
-        rows = _sorted(rows, params.get("sort", "execution_date"), params.get("order", "desc"))
-        return self._page(request.path, rows, params, offset, limit)
+
+        def build() -> list[dict[str, Any]]:
+            rows = [_split_v3(r) for r in self._actions("split")]
+            if params.get("reverse_split") is not None:
+                reverse = params["reverse_split"].lower() == "true"
+                rows = [r for r in rows if (r["split_from"] > r["split_to"]) == reverse]
+            rows = _filtered(rows, params, {"ticker": str, "execution_date": str})
+            return _sorted(rows, params.get("sort", "execution_date"), params.get("order", "desc"))
+
+        return self._page(request.path, self._listing(request.path, params, build), params, offset, limit)
 
     def dividends(self, request: Request) -> Reply:
         params = self._params(request)
         limit = _int_param(params, "limit", 10, 1, 1000)
         offset = _int_param(params, "offset", 0, 0, None)
-        rows = [_dividend_v3(r) for r in self._actions("dividend")]
-        rows = _filtered(rows, params, {"ticker": str, "ex_dividend_date": str, "record_date": str,
-                                        "declaration_date": str, "pay_date": str, "frequency": int,
-                                        "cash_amount": float, "dividend_type": str})
-        rows = _sorted(rows, params.get("sort", "ex_dividend_date"), params.get("order", "desc"))
-        return self._page(request.path, rows, params, offset, limit)
+
+        def build() -> list[dict[str, Any]]:
+            rows = _filtered([_dividend_v3(r) for r in self._actions("dividend")], params, _DIVIDEND_FILTERS)
+            return _sorted(rows, params.get("sort", "ex_dividend_date"), params.get("order", "desc"))
+
+        return self._page(request.path, self._listing(request.path, params, build), params, offset, limit)
 
     def splits_v1(self, request: Request) -> Reply:
         params = self._params(request)
-        rows = [{**_split_v3(r), "adjustment_type": "reverse_split" if r["split_from"] > r["split_to"]
-                 else "forward_split", "historical_adjustment_factor": r["factor"]}
-                for r in self._actions("split", factors=True)]
-        rows = _filtered(rows, params, {"ticker": str, "execution_date": str, "adjustment_type": str})
-        return self._page_v1(request.path, rows, params, "execution_date")
+
+        def build() -> list[dict[str, Any]]:
+            rows = [{**_split_v3(r), "adjustment_type": "reverse_split" if r["split_from"] > r["split_to"]
+                     else "forward_split", "historical_adjustment_factor": r["factor"]}
+                    for r in self._actions("split", factors=True)]
+            rows = _filtered(rows, params, {"ticker": str, "execution_date": str, "adjustment_type": str})
+            return _sorted_v1(rows, params, "execution_date")
+
+        return self._page_v1(request.path, self._listing(request.path, params, build), params)
 
     def dividends_v1(self, request: Request) -> Reply:
         params = self._params(request)
-        rows = [{**_dividend_v3(r), "distribution_type": "special" if r["dividend_type"] == "SC" else "recurring",
-                 "historical_adjustment_factor": r["factor"]} for r in self._actions("dividend", factors=True)]
-        for row in rows:
-            del row["dividend_type"]
-        rows = _filtered(rows, params, {"ticker": str, "ex_dividend_date": str, "record_date": str,
-                                        "declaration_date": str, "pay_date": str, "frequency": int,
-                                        "cash_amount": float, "distribution_type": str})
-        return self._page_v1(request.path, rows, params, "ex_dividend_date")
 
-    def _page_v1(self, path: str, rows: list[dict[str, Any]], params: dict[str, str], default_sort: str) -> Reply:
+        def build() -> list[dict[str, Any]]:
+            rows = []
+            for r in self._actions("dividend", factors=True):
+                row = {**_dividend_v3(r), "distribution_type": "special" if r["dividend_type"] == "SC" else "recurring",
+                       "historical_adjustment_factor": r["factor"]}
+                del row["dividend_type"]
+                rows.append(row)
+            rows = _filtered(rows, params, {**_DIVIDEND_FILTERS, "distribution_type": str})
+            return _sorted_v1(rows, params, "ex_dividend_date")
+
+        return self._page_v1(request.path, self._listing(request.path, params, build), params)
+
+    def _page_v1(self, path: str, rows: list[dict[str, Any]], params: dict[str, str]) -> Reply:
         limit = _int_param(params, "limit", 100, 1, 5000)
         offset = _int_param(params, "offset", 0, 0, None)
-        for spec in reversed((params.get("sort") or f"{default_sort}.desc").split(",")):
-            column, _, direction = spec.strip().partition(".")
-            rows = _sorted(rows, column, direction or "asc")
         return self._page(path, rows, params, offset, limit)
 
     def _page(self, path: str, rows: list[dict[str, Any]], params: dict[str, str], offset: int, limit: int) -> Reply:
@@ -427,6 +451,18 @@ def _sorted(rows: list[dict[str, Any]], key: str, order: str) -> list[dict[str, 
         raise InvalidInputError(f"order {order!r}: expected asc or desc")
     return sorted(rows, key=lambda r: (r.get(key) is None, r.get(key) or "", r.get("ticker", "")),
                   reverse=order == "desc")
+
+
+_DIVIDEND_FILTERS = {"ticker": str, "ex_dividend_date": str, "record_date": str, "declaration_date": str,
+                     "pay_date": str, "frequency": int, "cash_amount": float, "dividend_type": str}
+
+
+def _sorted_v1(rows: list[dict[str, Any]], params: dict[str, str], default: str) -> list[dict[str, Any]]:
+    """Rows sorted as /stocks/v1 sorts: `sort=col.dir[,col.dir]` (default `{default}.desc`)."""
+    for spec in reversed((params.get("sort") or f"{default}.desc").split(",")):
+        column, _, direction = spec.strip().partition(".")
+        rows = _sorted(rows, column, direction or "asc")
+    return rows
 
 
 _TESTS = (("", lambda a, b: a == b), (".gte", lambda a, b: a >= b), (".gt", lambda a, b: a > b),

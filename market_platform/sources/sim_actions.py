@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from market_platform import calendar
-from market_platform.schemas import CORPORATE_ACTIONS, action_id
+from market_platform.schemas import CORPORATE_ACTIONS, action_id, conform
 from market_platform.sources import sim_random as rnd
 from market_platform.sources.sim_reference import EQUITY, OTC, REFERENCE_DAY, Reference
 
@@ -117,14 +117,14 @@ class Schedule:
                          for k, s in zip(self.kind[index], self.special[index], strict=True)]
         symbols = [self.symbol[i] for i in index]
         ex = [date.fromordinal(int(d)) for d in self.ex[index]]
-        return pa.table({
+        return conform(pa.table({
             "action_id": [action_id(k, s, e, t) for k, s, e, t in zip(kinds, symbols, ex, dividend_type, strict=True)],
             "symbol": symbols, "action_type": kinds, "ex_date": pa.array(ex, pa.date32()),
             "announced_date": dates(self.announced), "split_from": floats(self.split_from),
             "split_to": floats(self.split_to), "cash_amount": floats(self.cash), "dividend_type": dividend_type,
             "record_date": dates(self.record), "pay_date": dates(self.pay),
             "new_symbol": [self.new_symbol[i] for i in index], "source": ["sim"] * len(index),
-        }, schema=CORPORATE_ACTIONS)
+        }, schema=CORPORATE_ACTIONS.with_metadata(None)), CORPORATE_ACTIONS)
 
 
 class Names:
@@ -182,10 +182,10 @@ def _on_or_after(ordinals: np.ndarray) -> np.ndarray:
 
 
 def _before(ordinals: np.ndarray, sessions_back: int | np.ndarray = 1) -> np.ndarray:
-    """The session `sessions_back` sessions before each ordinal (0 when there is none)."""
+    """The session `sessions_back` sessions before each ordinal (before FIRST: as many weekdays back)."""
     s = _sessions()
     at = np.searchsorted(s, ordinals, side="left") - sessions_back
-    return np.where(at >= 0, s[np.maximum(at, 0)], 0)
+    return np.where(at >= 0, s[np.maximum(at, 0)], ordinals - (np.asarray(sessions_back) * 7 + 4) // 5)
 
 
 @functools.lru_cache(maxsize=1)
@@ -262,7 +262,6 @@ def build(ref: Reference, log_close: LogClose, fixed_names: frozenset[str]) -> S
     price_rows, price_ex = row[:n_price], ex[:n_price]
     is_div = kind[:n_price] == DIVIDEND
     prev = _before(price_ex)
-    prev = np.where(prev > 0, prev, price_ex - 1)
     cont_prev = np.exp(log_close(price_rows, prev))
     log_r = np.where(is_div, np.log1p(-np.concatenate([np.zeros(len(splits["row"])), dividends["yield"]])),
                      log_split_r)
