@@ -4,9 +4,10 @@ Bars are stored raw, as traded, from every source. Adjustment happens here, at r
 date, by DuckDB: never written over the raw bars, and rollups of raw bars stay raw.
 
 Which actions apply as of a day D: those announced by D (`announced_date <= D`) and in effect by D
-(`ex_date <= D`), one row per `action_id` (the first source by name where several reported it). An
-action announced but not yet effective changes nothing a reader on D sees: D's bars still trade
-in the old terms. So a read as of D gives the prices a backtest run on D would have seen, and the
+(`ex_date <= D`), one row per `action_id`: an action is known from the earliest announcement any
+source reports (Polygon dates declarations; Alpaca's rows carry the ex-date), its values from the
+first such source by name. An action announced but not yet effective changes nothing a reader on
+D sees: D's bars still trade in the old terms. So a read as of D gives the prices a backtest run on D would have seen, and the
 last bar it returns (D's, at the latest) is as traded.
 
 Factors, for a bar of session d (a step function of d per symbol, computed once per read):
