@@ -229,6 +229,19 @@ def test_no_unexplained_jumps_fires_on_an_unrecorded_split_only(tmp_path, corp_l
     assert _no_unexplained_jumps(lake, "2024-11-25").passed  # AAA's split is recorded there
 
 
+def test_no_unexplained_jumps_is_a_warning_check_of_minute_bars(monkeypatch):
+    import dagster as dg
+
+    for name in ("MARKET_DB_URL", "MARKET_ALERTS_WEBHOOK_URL", "MARKET_ALERTS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    from market_platform.definitions import defs
+
+    graph = defs().resolve_asset_graph()
+    key = dg.AssetCheckKey(dg.AssetKey("minute_bars"), "no_unexplained_jumps")
+    assert key in graph.asset_check_keys
+    assert not graph.get_check_spec(key).blocking
+
+
 def test_no_unexplained_jumps_threshold_is_checked():
     with pytest.raises(ValueError, match="threshold"):
         quality.no_unexplained_jumps(schemas.BARS.empty_table(), schemas.BARS.empty_table(),

@@ -7,8 +7,8 @@ Which actions apply as of a day D: those announced by D (`announced_date <= D`) 
 (`ex_date <= D`), one row per `action_id`: an action is known from the earliest announcement any
 source reports (Polygon dates declarations; Alpaca's rows carry the ex-date), its values from the
 first such source by name. An action announced but not yet effective changes nothing a reader on
-D sees: D's bars still trade in the old terms. So a read as of D gives the prices a backtest run on D would have seen, and the
-last bar it returns (D's, at the latest) is as traded.
+D sees: D's bars still trade in the old terms. So a read as of D gives the prices a backtest run
+on D would have seen, and the last bar it returns (D's, at the latest) is as traded.
 
 Factors, for a bar of session d (a step function of d per symbol, computed once per read):
 
