@@ -338,3 +338,36 @@ def test_a_lake_with_adjusted_rest_bars_is_found_and_the_rebuild_command_named(t
 def test_every_bar_table_says_it_is_raw():
     assert BARS.metadata[RAW_BARS_KEY] == b"raw"
     assert small_sim().minute_bars(date(2024, 11, 26), ["AAPL"]).schema.metadata[RAW_BARS_KEY] == b"raw"
+
+
+def test_new_tickers_in_the_universe_get_their_whole_history_of_actions(history_resources):
+    from market_platform.defs.corporate_actions.sensors import new_ticker_actions_sensor
+    from market_platform.defs.universe.assets import ticker_universe
+
+    instance = dg.DagsterInstance.ephemeral()
+    for day in (date(2012, 5, 1), date(2012, 6, 1)):  # META listed on 2012-05-18
+        assert dg.materialize([ticker_universe], partition_key="us_equities", resources=history_resources,
+                              instance=instance,
+                              run_config={"ops": {"ticker_universe": {"config": {"as_of": day.isoformat()}}}}).success
+    context = dg.build_sensor_context(instance=instance, resources={"lake": history_resources["lake"]})
+    (request,) = new_ticker_actions_sensor(context)
+    assert request.run_config == {"ops": {"corporate_actions": {"config": {"tickers": ["META"]}}}}
+    assert isinstance(new_ticker_actions_sensor(context), dg.SkipReason)  # the cursor moved on
+
+
+def test_sources_agree_does_not_compare_adjusted_rest_bars_with_raw_ones(tmp_path, sim, make_database):
+    from market_platform.defs.bars.checks import _sources_agree
+
+    day = date(2024, 11, 26)
+    bars = sim.minute_bars(day, ["AAPL"])
+    bars = bars.set_column(bars.schema.get_field_index("source"), "source",
+                           pa.repeat(pa.scalar(Source.POLYGON_REST.value), bars.num_rows))
+    path = tmp_path / "lake" / "minute_bars" / f"date={day.isoformat()}" / "data.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(bars.replace_schema_metadata(None), path)
+    lake, tick_store = LakeResource(url=str(tmp_path / "lake")), TickStoreResource(url=make_database("postgres"))
+    tick_store.store().init_schema()
+    outcome = _sources_agree(lake, tick_store, day.isoformat())
+    assert not outcome.passed and "--from 2024-11-26 --to 2024-11-26 --timeframes 1m --source rest" in outcome.summary
+    lake.lake().write_partition("minute_bars", day, bars)  # fetched again: raw
+    assert "nothing to compare" in _sources_agree(lake, tick_store, day.isoformat()).summary

@@ -169,18 +169,23 @@ class Writers:
         if symbols is not None:
             names = sql.Literal(list(symbols))
             where.append(sql.SQL("(symbol = ANY({n}) OR new_symbol = ANY({n}))").format(n=names))
-        with self._connection.session() as conn, conn.transaction():
-            conn.execute(sql.SQL("DELETE FROM corporate_actions WHERE ") + sql.SQL(" AND ").join(where))
-            if not rows.num_rows:
-                return 0
-            stage = self._stage(conn, "corporate_actions")
-            columns, _ = self._copy(conn, stage, rows)
-            return conn.execute(sql.SQL(
-                "INSERT INTO corporate_actions ({c}) SELECT {c} FROM {s} ON CONFLICT (action_id, source) DO UPDATE SET "
-            ).format(c=columns, s=stage) + sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
-                for name in CORPORATE_ACTIONS.names if name not in KEYS["corporate_actions"]
-            )).rowcount
+        with self._connection.session() as conn:
+            stage = self._stage(conn, "corporate_actions")  # before the write's transaction (see _stage)
+            with conn.transaction():
+                return self._replace_actions(conn, stage, rows, where)
+
+    def _replace_actions(self, conn: psycopg.Connection, stage: sql.Identifier, rows: pa.Table,
+                         where: list[sql.Composable]) -> int:
+        conn.execute(sql.SQL("DELETE FROM corporate_actions WHERE ") + sql.SQL(" AND ").join(where))
+        if not rows.num_rows:
+            return 0
+        columns, _ = self._copy(conn, stage, rows)
+        return conn.execute(sql.SQL(
+            "INSERT INTO corporate_actions ({c}) SELECT {c} FROM {s} ON CONFLICT (action_id, source) DO UPDATE SET "
+        ).format(c=columns, s=stage) + sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
+            for name in CORPORATE_ACTIONS.names if name not in KEYS["corporate_actions"]
+        )).rowcount
 
     def _write(self, target: str, table: pa.Table, mode: str) -> int:
         if table.num_rows == 0:
