@@ -227,12 +227,14 @@ def _closes_sql(views: set[str], lake: Lake, days: list[date]) -> str:
 
 
 def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | None = None,
-            symbols: Sequence[str] | None = None) -> Installed:
+            symbols: Sequence[str] | None = None, dividends: bool = True) -> Installed:
     """Create in `con` (a `Lake.connect()` connection) the adjusted views of every bar dataset the
     lake holds, `adjustment_factors` and `symbol_lineage`, as of `as_of` (default: today): the
     views hold the sessions up to `as_of` only, adjusted by what was known and in effect then.
     `symbols` (names as of `as_of`): compute the factors of these tickers only (a read of a few
-    reads the closes of their dividends only); the views then adjust no other ticker."""
+    reads the closes of their dividends only); the views then adjust no other ticker.
+    `dividends=False`: splits and renames only (no close is read); the `_adjusted_all` views are
+    then not created, and `all_factor` equals `split_factor`."""
     as_of = today() if as_of is None else calendar.to_date(as_of)
     views = {name for (name,) in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     if ACTIONS in views:
@@ -247,6 +249,8 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
     con.execute(_ACTS_SQL)
     if symbols is not None:
         con.execute("DELETE FROM __adj_acts WHERE NOT list_contains($names, symbol)", {"names": sorted(set(symbols))})
+    if not dividends:
+        con.execute("DELETE FROM __adj_acts WHERE action_type = 'dividend'")
     ex_dates = [d for (d,) in con.sql("SELECT DISTINCT ex_date FROM __adj_acts WHERE action_type = 'dividend'").fetchall()]
     previous = _previous_sessions(ex_dates)
     con.register("__adj_prev_arrow", pa.table({"ex_date": pa.array(list(previous), pa.date32()),
@@ -269,7 +273,7 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
     for dataset in BAR_DATASETS:
         if dataset not in views:
             continue
-        for adjust in ADJUSTMENTS:
+        for adjust in ADJUSTMENTS if dividends else ("none", "split"):
             con.execute(f"CREATE OR REPLACE TEMP VIEW {view_name(dataset, adjust)} AS "
                         + adjusted_sql(dataset, adjust, as_of))
             created.append(view_name(dataset, adjust))
@@ -294,12 +298,12 @@ def adjusted_sql(relation: str, adjust: str, as_of: date | None = None) -> str:
             f"FROM {relation} b LEFT JOIN __adj_days f ON b.symbol = f.traded_symbol AND b.date = f.date{until}")
 
 
-def connect(lake: Lake, *, as_of: date | str | None = None,
-            symbols: Sequence[str] | None = None) -> tuple[duckdb.DuckDBPyConnection, Installed]:
+def connect(lake: Lake, *, as_of: date | str | None = None, symbols: Sequence[str] | None = None,
+            dividends: bool = True) -> tuple[duckdb.DuckDBPyConnection, Installed]:
     """`lake.connect()` with `install`'s views; the caller closes the connection."""
     con = lake.connect()
     try:
-        return con, install(con, lake, as_of=as_of, symbols=symbols)
+        return con, install(con, lake, as_of=as_of, symbols=symbols, dividends=dividends)
     except BaseException:
         con.close()
         raise
@@ -370,7 +374,7 @@ def bars_as_of(
     names = sorted(set(names))
     if not lake.partitions(dataset):
         return _empty_result()
-    con, _ = connect(lake, as_of=as_of, symbols=names)
+    con, _ = connect(lake, as_of=as_of, symbols=names, dividends=adjust == "all")
     try:
         traded = sorted({*names, *(s for (s,) in con.sql(
             "SELECT traded_symbol FROM symbol_lineage WHERE list_contains($names, symbol)", params={"names": names}

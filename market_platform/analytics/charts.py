@@ -120,7 +120,7 @@ def load_bars(
     if stored and adjust == "none":
         pieces.append(lake.query(_LAKE_SQL, {"symbol": symbol, "start": start, "end": end}))
     elif stored:
-        adjusted, _ = adjustment.connect(lake, symbols=[symbol])
+        adjusted, _ = adjustment.connect(lake, symbols=[symbol], dividends=adjust == "all")
         try:
             pieces.append(adjusted.sql(_ADJUSTED_SQL.format(view=adjustment.view_name("minute_bars", adjust)),
                                        params={"symbol": symbol, "start": start, "end": end}).to_arrow_table())

@@ -358,12 +358,14 @@ def fetch(store: TickStore, plan_: Fetch) -> pa.Table:
                                 "the schema (a stream fills it)") from None
 
 
-def adjusted_views(tree: dict) -> bool:
-    """Whether a parsed SQL reads one of the adjusted views (see `adjust`)."""
-    names = {node.get("table_name") for node in _walk(tree.get("statements", []))
+def adjusted_views(tree: dict) -> tuple[bool, bool]:
+    """Whether a parsed SQL reads one of the adjusted views (see `adjust`), and one that needs the
+    dividends' factors (`_adjusted_all`, `adjustment_factors`): the others read no close."""
+    names = {node.get("table_name") or "" for node in _walk(tree.get("statements", []))
              if node.get("type") == "BASE_TABLE" and node.get("schema_name") in ("", None, "main", "temp")}
-    return any(name and (name.endswith(("_adjusted_split", "_adjusted_all", "_labelled"))
-                         or name in ("adjustment_factors", "symbol_lineage")) for name in names)
+    dividends = any(name.endswith("_adjusted_all") or name == "adjustment_factors" for name in names)
+    return dividends or any(name.endswith(("_adjusted_split", "_labelled")) or name == "symbol_lineage"
+                            for name in names), dividends
 
 
 def connect(
@@ -378,8 +380,9 @@ def connect(
     tables = referenced_live_tables(tree)
     con = lake.connect()
     try:
-        if adjusted_views(tree):
-            adjust.install(con, lake, as_of=as_of)
+        adjusted, dividends = adjusted_views(tree)
+        if adjusted:
+            adjust.install(con, lake, as_of=as_of, dividends=dividends)
         if tables and store is None:
             raise InvalidInputError(
                 f"the query reads {', '.join(SCHEMA + '.' + t for t in tables)}, but no tick store was given"
