@@ -358,3 +358,18 @@ def test_lineage_chains_renames_and_keeps_a_reused_ticker_apart():
         ("B", e1, e2, "C"),
         ("A", e1, e3, "D"),                 # another listing took the ticker A, then became D
     ]
+
+
+def test_a_dividend_after_a_gap_in_the_lake_uses_the_last_close_before_it(tmp_path, raw_frame):
+    # AAA's dividend goes ex on 2024-12-10; the lake lacks 2024-12-09, the session before it.
+    gap = date(2024, 12, 9)
+    bars = corp_bars()
+    day = pc.strftime(bars["ts"], format="%Y-%m-%d")  # UTC: 14:30 to 14:34, the New York day too
+    lake = write_corp_lake(Lake(tmp_path / "lake"), bars.filter(pc.not_equal(day, gap.isoformat())))
+    assert lake.count("bars_1d", gap) == 0
+    got = adjust.bars_as_of("AAA", CORP_DAYS[0], CORP_DAYS[-1], adjust="all", timeframe="1m", lake=lake).to_pandas()
+    kept = raw_frame[raw_frame.ts.dt.tz_convert("America/New_York").dt.date != gap]
+    want = apply(reference_factors(kept, CORP_ACTIONS.to_pandas()), "all")
+    want = want[want.lineage == "AAA"].sort_values("ts")
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(got["close"], want["close"], rtol=1e-12)

@@ -18,8 +18,9 @@ Factors, for a bar of session d (a step function of d per symbol, computed once 
 - **all** = split times, for each dividend with ex_date > d, (1 - cash_amount / c), c being the
   symbol's raw close of the session before the ex-date (the last 1-minute bar of that session,
   as `bars_1d` rolls it up: read from bars_1d, else minute_bars; CRSP's and Yahoo's convention).
-  A dividend whose symbol has no bar in the lake on that session cannot be priced and is left
-  out (`Installed.unpriced_dividends` lists them). Volumes get the split factor only. A split and
+  Where the lake lacks that session (a gap) but holds earlier ones, the symbol's last close
+  before it stands in; a dividend with no earlier bar in the lake adjusts nothing there anyway
+  (`Installed.unpriced_dividends` lists those). Volumes get the split factor only. A split and
   a dividend on the same ex-date: the dividend's ratio uses the raw close before the split.
 
 Renames chain symbols: the history of an old ticker is the history of the ticker it became. An
@@ -226,6 +227,29 @@ def _closes_sql(views: set[str], lake: Lake, days: list[date]) -> str:
     return " UNION ALL ".join(parts)
 
 
+def _gap_closes(con: duckdb.DuckDBPyConnection, views: set[str], lake: Lake) -> None:
+    """Add to `__adj_closes`, for a dividend whose previous session the lake lacks (a gap in its
+    history) while it holds earlier ones, the symbol's last close before it: a dividend after
+    stored bars is never dropped for want of the exact session (the ratio moves by the price's
+    drift over the gap times the yield, a fraction of a basis point)."""
+    source = next((name for name in ("bars_1d", "minute_bars") if name in views), None)
+    dates = lake.dates(source) if source else []
+    if not dates:
+        return
+    con.execute("CREATE OR REPLACE TEMP TABLE __adj_gaps AS SELECT n.symbol, n.day FROM __adj_needed n "
+                "ANTI JOIN __adj_closes c ON c.symbol = n.symbol AND c.day = n.day WHERE n.day > $first",
+                {"first": date.fromisoformat(dates[0])})
+    if not con.sql("SELECT count(*) FROM __adj_gaps").fetchall()[0][0]:
+        return
+    close = "min_by(b.close, b.source)" if source == "bars_1d" else "arg_max(b.close, b.ts)"
+    con.execute(f"""
+        INSERT INTO __adj_closes
+        SELECT g.symbol, g.day, c.close FROM __adj_gaps g
+        ASOF JOIN (SELECT b.symbol, b.date AS day, {close} AS close FROM {source} b
+                   WHERE b.symbol IN (SELECT symbol FROM __adj_gaps) GROUP BY b.symbol, b.date) c
+          ON g.symbol = c.symbol AND g.day >= c.day""")
+
+
 def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | None = None,
             symbols: Sequence[str] | None = None, dividends: bool = True) -> Installed:
     """Create in `con` (a `Lake.connect()` connection) the adjusted views of every bar dataset the
@@ -259,6 +283,7 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
     con.execute("CREATE OR REPLACE TEMP TABLE __adj_needed AS SELECT DISTINCT d.traded_symbol AS symbol, p.prev_day AS day "
                 "FROM __adj_acts d JOIN __adj_prev p USING (ex_date) WHERE d.action_type = 'dividend'")
     con.execute("CREATE OR REPLACE TEMP TABLE __adj_closes AS " + _closes_sql(views, lake, sorted(set(previous.values()))))
+    _gap_closes(con, views, lake)
     con.execute(_FACTORS_SQL)
     unpriced = con.sql("""
         SELECT DISTINCT d.traded_symbol, d.ex_date FROM __adj_acts d
