@@ -373,3 +373,18 @@ def test_a_dividend_after_a_gap_in_the_lake_uses_the_last_close_before_it(tmp_pa
     want = want[want.lineage == "AAA"].sort_values("ts")
     assert len(got) == len(want) > 0
     np.testing.assert_allclose(got["close"], want["close"], rtol=1e-12)
+
+
+def test_many_dividends_outside_the_lake_leave_its_factors_alone(tmp_path, reference):
+    # 300 dividends of a ticker the lake does not hold, on sessions it does not hold either.
+    days = calendar.sessions(date(2022, 1, 3), date(2024, 6, 28))[:300]
+    extra = [{"action_id": schemas.action_id("dividend", "ZZZ", d, "CD"), "symbol": "ZZZ", "action_type": "dividend",
+              "ex_date": d, "announced_date": d, "cash_amount": 0.1, "dividend_type": "CD", "source": "sim"}
+             for d in days]
+    actions = pa.concat_tables([CORP_ACTIONS, schemas.conform(
+        pa.Table.from_pylist(extra, schema=schemas.CORPORATE_ACTIONS.remove_metadata()), schemas.CORPORATE_ACTIONS)])
+    lake = write_corp_lake(Lake(tmp_path / "lake"), corp_bars(), actions)
+    got = query.query("SELECT symbol, ex_date, all_factor FROM adjustment_factors WHERE symbol <> 'ZZZ' "
+                      "ORDER BY symbol, ex_date", lake=lake)
+    assert got.equals(query.query("SELECT symbol, ex_date, all_factor FROM adjustment_factors ORDER BY symbol, ex_date",
+                                  lake=write_corp_lake(Lake(tmp_path / "plain"), corp_bars())))

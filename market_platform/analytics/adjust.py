@@ -209,8 +209,10 @@ def _closes_sql(views: set[str], lake: Lake, days: list[date]) -> str:
     the lake has that session (a file of one bar per symbol), else from minute_bars. Both give the
     session's last 1-minute close."""
     daily_days = set(lake.dates("bars_1d")) if "bars_1d" in views else set()
+    minute_days = set(lake.dates("minute_bars")) if "minute_bars" in views else set()
+    # Each session from one dataset only, and only sessions the lake holds: no close twice.
     in_daily = sorted(d.isoformat() for d in days if d.isoformat() in daily_days)
-    elsewhere = sorted(d.isoformat() for d in days if d.isoformat() not in daily_days)
+    elsewhere = sorted(d.isoformat() for d in days if d.isoformat() in minute_days - daily_days)
     parts = []
     for dataset, wanted, close in (("bars_1d", in_daily, "min_by(b.close, b.source)"),
                                    ("minute_bars", elsewhere, "arg_max(b.close, b.ts)")):
@@ -218,7 +220,8 @@ def _closes_sql(views: set[str], lake: Lake, days: list[date]) -> str:
             continue
         # Dates are Python dates rendered by isoformat: literals that prune the partitions scanned.
         listed = (" AND b.date IN (" + ", ".join(f"DATE '{d}'" for d in wanted) + ")"
-                  if len(wanted) <= _LISTED_DATES else "")
+                  if len(wanted) <= _LISTED_DATES else
+                  f" AND b.date BETWEEN DATE '{wanted[0]}' AND DATE '{wanted[-1]}'")
         parts.append(f"SELECT b.symbol, b.date AS day, {close} AS close FROM {dataset} b "
                      f"SEMI JOIN __adj_needed n ON b.symbol = n.symbol AND b.date = n.day WHERE true{listed} "
                      "GROUP BY b.symbol, b.date")
@@ -282,7 +285,9 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
     con.execute("CREATE OR REPLACE TEMP TABLE __adj_prev AS SELECT * FROM __adj_prev_arrow")
     con.execute("CREATE OR REPLACE TEMP TABLE __adj_needed AS SELECT DISTINCT d.traded_symbol AS symbol, p.prev_day AS day "
                 "FROM __adj_acts d JOIN __adj_prev p USING (ex_date) WHERE d.action_type = 'dividend'")
-    con.execute("CREATE OR REPLACE TEMP TABLE __adj_closes AS " + _closes_sql(views, lake, sorted(set(previous.values()))))
+    # One close per (symbol, session) whatever overlaps the datasets have: a dividend joins one.
+    con.execute("CREATE OR REPLACE TEMP TABLE __adj_closes AS SELECT symbol, day, min(close) AS close FROM ("
+                + _closes_sql(views, lake, sorted(set(previous.values()))) + ") GROUP BY symbol, day")
     _gap_closes(con, views, lake)
     con.execute(_FACTORS_SQL)
     unpriced = con.sql("""
