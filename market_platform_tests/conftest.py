@@ -10,4 +10,5 @@ pytest_plugins: list[str] = [
     "market_platform_tests.fixtures.history",
     "market_platform_tests.fixtures.broker",
     "market_platform_tests.fixtures.snapshots",
+    "market_platform_tests.fixtures.corporate",
 ]

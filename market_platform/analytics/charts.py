@@ -36,6 +36,14 @@ WHERE symbol = $symbol AND date BETWEEN $start AND $end
 QUALIFY row_number() OVER (PARTITION BY ts ORDER BY source) = 1
 """
 
+# The same from an adjusted view (adjust.view_name): `symbol` there is today's name of the ticker.
+_ADJUSTED_SQL = """
+SELECT CAST(ts AS TIMESTAMPTZ) AS ts, open, high, low, close, volume, vwap
+FROM {view}
+WHERE symbol = $symbol AND date BETWEEN $start AND $end
+QUALIFY row_number() OVER (PARTITION BY ts ORDER BY source) = 1
+"""
+
 _LIVE_SQL = """
 SELECT CAST(ts AS TIMESTAMPTZ) AS ts, open, high, low, close, volume, vwap
 FROM live
@@ -69,11 +77,12 @@ class ChartInfo:
     last_ts: datetime
     bars: int
     path: Path | None = None
+    adjust: str = "none"
 
     @property
     def description(self) -> str:
         return (f"{self.symbol} {self.timeframe} bars={self.bars} "
-                f"first={self.first_ts.isoformat()} last={self.last_ts.isoformat()}")
+                f"first={self.first_ts.isoformat()} last={self.last_ts.isoformat()} adjust={self.adjust}")
 
 
 def load_bars(
@@ -84,14 +93,20 @@ def load_bars(
     *,
     timeframe: str = "5m",
     live: pa.Table | None = None,
+    adjust: str = "none",
 ) -> pa.Table:
     """Bars of `symbol` for the sessions in [start, end] at `timeframe`, rolled up by DuckDB from
     1-minute bars: the lake's `minute_bars`, and `live` (tick-store bars_1m rows, schemas.BARS)
-    for the sessions the lake does not have. Columns: ts, session, open, high, low, close,
-    volume, value (the sum of price * volume, for VWAP).
+    for the sessions the lake does not have. `adjust` (none, split, all) adjusts the lake's bars
+    for corporate actions as of today (`analytics.adjust`; a renamed ticker's earlier bars come
+    with it); today's live bars trade in today's terms already. Columns: ts, session, open, high,
+    low, close, volume, value (the sum of price * volume, for VWAP).
     """
     import duckdb
 
+    from market_platform.analytics import adjust as adjustment
+
+    adjustment.check_adjust(adjust)
     start, end = calendar.to_date(start), calendar.to_date(end)
     if timeframe not in TIMEFRAMES:
         raise InvalidInputError(f"unknown timeframe {timeframe!r}: expected one of {', '.join(TIMEFRAMES)}")
@@ -102,8 +117,15 @@ def load_bars(
         raise InvalidInputError(f"no trading session between {start} and {end}")
     stored = [d for d in lake.dates("minute_bars") if start.isoformat() <= d <= end.isoformat()]
     pieces = []
-    if stored:
+    if stored and adjust == "none":
         pieces.append(lake.query(_LAKE_SQL, {"symbol": symbol, "start": start, "end": end}))
+    elif stored:
+        adjusted, _ = adjustment.connect(lake, symbols=[symbol], dividends=adjust == "all")
+        try:
+            pieces.append(adjusted.sql(_ADJUSTED_SQL.format(view=adjustment.view_name("minute_bars", adjust)),
+                                       params={"symbol": symbol, "start": start, "end": end}).to_arrow_table())
+        finally:
+            adjusted.close()
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -302,14 +324,16 @@ def candles_chart(
     *,
     timeframe: str = "5m",
     live: pa.Table | None = None,
+    adjust: str = "none",
 ) -> ChartInfo:
-    """Write a candlestick chart of `symbol` over the sessions in [start, end] to `out` (.png or .html)."""
+    """Write a candlestick chart of `symbol` over the sessions in [start, end] to `out` (.png or .html),
+    its prices adjusted for corporate actions as `adjust` says (none, split, all)."""
     out = Path(out)
     if out.suffix.lower() not in (".png", ".html", ".htm"):
         raise InvalidInputError(f"chart file {str(out)!r}: expected a name ending in .png or .html")
-    bars = load_bars(lake, symbol, start, end, timeframe=timeframe, live=live)
+    bars = load_bars(lake, symbol, start, end, timeframe=timeframe, live=live, adjust=adjust)
     first, last = bars["ts"][0].as_py(), bars["ts"][-1].as_py()
-    info = ChartInfo(symbol, timeframe, first, last, bars.num_rows, out)
+    info = ChartInfo(symbol, timeframe, first, last, bars.num_rows, out, adjust)
     fig = render_candles(bars, symbol, timeframe)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".png":

@@ -12,7 +12,11 @@ Definitions (the columns are `schemas.DAILY_METRICS` and `schemas.INTRADAY_METRI
   return span the gap, so volatility is that of the sampled path, not rescaled.
 - **Daily** (per symbol and session): open, high, low, close and VWAP of the regular session;
   `prev_close` the previous session's regular close (null when the symbol did not trade then or
-  the lake lacks that session); `open_close_return` close/open - 1, `log_return` ln(close/open),
+  the lake lacks that session), in this session's terms: adjusted for the corporate actions with
+  this session as ex-date, known by it (`analytics.adjust`: split, dividend, and a rename brings
+  the old ticker's close to the new one), so `pct_change` and `gap` across a 2:1 split are the
+  market's move, not -50%, and a dividend's drop is part of the return (total return, as the
+  `_adjusted_all` views); `open_close_return` close/open - 1, `log_return` ln(close/open),
   `pct_change` close/prev_close - 1, `gap` open/prev_close - 1; `price_range` high - low and
   `range_pct` (high - low)/open; `volume`, `dollar_volume` (sum of price * volume) and
   `trade_count` over the whole session with the pre-market and after-hours shares of volume;
@@ -62,13 +66,23 @@ QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY source) = 1
 
 _DAILY_SQL = """
 WITH bars AS (""" + _LAKE_BARS + """),
-prev_bars AS (
+prev_whole AS (
     SELECT symbol, CAST(ts AS TIMESTAMPTZ) AS ts, close FROM prev_bars
-    WHERE CAST(ts AS TIMESTAMPTZ) >= $prev_regular_open
-      AND CAST(ts AS TIMESTAMPTZ) < $prev_regular_close
     QUALIFY row_number() OVER (PARTITION BY symbol, ts ORDER BY source) = 1
 ),
-prev AS (SELECT symbol, arg_max(close, ts) AS prev_close FROM prev_bars GROUP BY symbol),
+prev_regular AS (
+    SELECT * FROM prev_whole
+    WHERE ts >= $prev_regular_open AND ts < $prev_regular_close
+),
+prev_raw AS (SELECT symbol, arg_max(close, ts) AS prev_close FROM prev_regular GROUP BY symbol),
+prev_last AS (SELECT symbol, arg_max(close, ts) AS last_close FROM prev_whole GROUP BY symbol),
+-- In this session's terms: the actions taking effect today (adjust.day_actions) applied, the
+-- previous close renamed to today's ticker, split, and less the dividend as adjust's factors do.
+prev AS (
+    SELECT coalesce(a.new_symbol, p.symbol) AS symbol,
+           p.prev_close * coalesce(a.split, 1) * (1 - coalesce(a.cash, 0) / l.last_close) AS prev_close
+    FROM prev_raw p JOIN prev_last l USING (symbol) LEFT JOIN day_actions a USING (symbol)
+),
 regular_returns AS (
     SELECT *, ln(close / coalesce(lag(close) OVER (PARTITION BY symbol ORDER BY ts), open)) AS r
     FROM bars WHERE ts >= $regular_open AND ts < $regular_close
@@ -162,10 +176,13 @@ _COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume", "vwap", "t
 
 
 def _run(lake: Lake, query: str, params: dict, day: date, previous: date | None = None) -> pa.Table:
-    """`query` by DuckDB over the session's minute bars (`day_bars`) and the previous session's
-    (`prev_bars`, empty when the lake lacks them), read partition by partition: the cost does not
-    grow with the lake, and a local or S3 lake read the same way."""
+    """`query` by DuckDB over the session's minute bars (`day_bars`), the previous session's
+    (`prev_bars`, empty when the lake lacks them) and the corporate actions taking effect on the
+    session (`day_actions`), read partition by partition: the cost does not grow with the lake,
+    and a local or S3 lake read the same way."""
     import duckdb
+
+    from market_platform.analytics.adjust import day_actions
 
     if not lake.has_partition("minute_bars", day):
         raise PartitionNotFoundError(
@@ -175,6 +192,7 @@ def _run(lake: Lake, query: str, params: dict, day: date, previous: date | None 
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
+        con.register("day_actions", day_actions(lake, day))
         if lake.is_s3:
             today = lake.read_partition("minute_bars", day, columns=_COLUMNS)
             con.register("day_bars", today)

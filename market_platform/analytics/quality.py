@@ -34,6 +34,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from market_platform import calendar
 
@@ -158,6 +159,45 @@ def session_complete(
         + f" ({liquid.num_rows} liquid symbols)",
         metrics=metrics,
         examples=liquid.slice(0, EXAMPLES) if liquid.num_rows else None,
+    )
+
+
+#: A raw move from one session's last close to the next one's first open beyond this share is a
+#: jump: a 3:2 split is -33%, a 2:1 one -50%; ordinary overnight gaps are far smaller.
+JUMP_THRESHOLD = 0.25
+
+
+def no_unexplained_jumps(
+    bars: pa.Table, previous: pa.Table, actions: pa.Table, day: date, *, threshold: float = JUMP_THRESHOLD
+) -> CheckOutcome:
+    """No symbol's raw price moves from the previous session's last close (`previous`, its minute
+    bars) to session `day`'s first open (`bars`) by more than `threshold` (a share: 0.25 = 25%)
+    without a corporate action on `day` explaining it (`actions`: `adjust.day_actions(lake, day)`,
+    any split, dividend or rename taking effect on `day`). A jump with none is a split or other
+    action the platform missed: adjusted reads would be wrong across it. Jumps are listed."""
+    if threshold <= 0:
+        raise ValueError(f"threshold={threshold!r}: expected a positive share, e.g. 0.25")
+    found = _run(bars, """
+        WITH first AS (SELECT symbol, arg_min(open, ts) AS open FROM t GROUP BY symbol),
+             last AS (SELECT symbol, arg_max(close, ts) AS close FROM previous GROUP BY symbol),
+             moves AS (SELECT f.symbol, l.close AS prev_close, f.open, f.open / l.close - 1 AS move
+                       FROM first f JOIN last l USING (symbol))
+        SELECT m.symbol, $day AS day, m.prev_close, m.open, m.move, a.symbol IS NOT NULL AS explained
+        FROM moves m LEFT JOIN actions a USING (symbol)
+        WHERE abs(m.move) > $threshold
+        ORDER BY explained, abs(m.move) DESC, m.symbol""",
+        {"threshold": threshold, "day": day}, previous=previous, actions=actions)
+    unexplained = found.filter(pc.invert(found["explained"]))
+    n = unexplained.num_rows
+    names = ", ".join(f"{s} ({m:+.1%})" for s, m in zip(unexplained["symbol"].to_pylist()[:EXAMPLES],
+                                                       unexplained["move"].to_pylist()))
+    return CheckOutcome(
+        passed=n == 0,
+        summary=(f"{n} unexplained jump{'s' if n != 1 else ''} on {day}: {names}; no corporate action recorded "
+                 "(a missed split? refresh corporate_actions)" if n else
+                 f"no unexplained jump on {day} ({found.num_rows} explained by corporate actions)"),
+        metrics={"unexplained_jumps": n, "explained_jumps": found.num_rows - n, "threshold": threshold},
+        examples=unexplained.drop_columns(["explained"]).slice(0, EXAMPLES),
     )
 
 

@@ -7,6 +7,16 @@ schema `live`.
     SELECT * FROM minute_bars WHERE symbol = 'AAPL'
     UNION ALL BY NAME SELECT * FROM live.bars_1m WHERE symbol = 'AAPL'
 
+Adjusted reads (`market_platform.analytics.adjust`): every bar dataset also has the views
+`<dataset>_adjusted_split` and `<dataset>_adjusted_all` (prices adjusted for splits, or for splits
+and dividends; volumes for splits) and `<dataset>_labelled` (raw), each with `traded_symbol` beside
+`symbol` (a renamed ticker's history is under its new name), plus `adjustment_factors` and
+`symbol_lineage`; as of today, or of `as_of` (only the actions announced and in effect by then, and
+only the sessions up to it: no look-ahead).
+They are built only for SQL that names one of them.
+
+    SELECT date, close, traded_symbol FROM bars_1d_adjusted_all WHERE symbol = 'DDD' ORDER BY date
+
 Live tables have the lake's column names (schemas.BARS, QUOTES, TRADES). They are moved into
 DuckDB as Arrow (PostgreSQL COPY, parsed by Arrow; DuckDB's postgres extension is not
 available offline), only those the SQL names, and only the rows it can need:
@@ -38,7 +48,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Sequence
 
 import duckdb
@@ -47,6 +57,7 @@ import psycopg
 from psycopg import sql
 
 from market_platform import calendar
+from market_platform.analytics import adjust
 from market_platform.errors import InvalidInputError
 from market_platform.storage.lake import Lake
 from market_platform.storage.refresh import ROLLUPS, bucket_start
@@ -347,16 +358,31 @@ def fetch(store: TickStore, plan_: Fetch) -> pa.Table:
                                 "the schema (a stream fills it)") from None
 
 
+def adjusted_views(tree: dict) -> tuple[bool, bool]:
+    """Whether a parsed SQL reads one of the adjusted views (see `adjust`), and one that needs the
+    dividends' factors (`_adjusted_all`, `adjustment_factors`): the others read no close."""
+    names = {node.get("table_name") or "" for node in _walk(tree.get("statements", []))
+             if node.get("type") == "BASE_TABLE" and node.get("schema_name") in ("", None, "main", "temp")}
+    dividends = any(name.endswith("_adjusted_all") or name == "adjustment_factors" for name in names)
+    return dividends or any(name.endswith(("_adjusted_split", "_labelled")) or name == "symbol_lineage"
+                            for name in names), dividends
+
+
 def connect(
-    lake: Lake, text: str, *, store: TickStore | None = None, since: datetime | None = None
+    lake: Lake, text: str, *, store: TickStore | None = None, since: datetime | None = None,
+    as_of: date | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, list[Fetch]]:
-    """A DuckDB connection ready to run `text`: the lake's views, plus the live tables it names
-    (copied from `store`). Returns the connection (the caller closes it) and what was copied."""
+    """A DuckDB connection ready to run `text`: the lake's views (with the adjusted ones as of
+    `as_of`, default today, when it names them), plus the live tables it names (copied from
+    `store`). Returns the connection (the caller closes it) and what was copied."""
     check_read_only(text)
     tree = parse(text)
     tables = referenced_live_tables(tree)
     con = lake.connect()
     try:
+        adjusted, dividends = adjusted_views(tree)
+        if adjusted:
+            adjust.install(con, lake, as_of=as_of, dividends=dividends)
         if tables and store is None:
             raise InvalidInputError(
                 f"the query reads {', '.join(SCHEMA + '.' + t for t in tables)}, but no tick store was given"
@@ -382,7 +408,8 @@ def connect(
 
 
 def run(
-    text: str, *, lake: Lake, store: TickStore | None = None, since: datetime | None = None
+    text: str, *, lake: Lake, store: TickStore | None = None, since: datetime | None = None,
+    as_of: date | None = None,
 ) -> tuple[pa.Table, list[Fetch]]:
     """Run `text` over the lake (and the live tables it names); the result as Arrow, and what was
     copied from the tick store.
@@ -392,7 +419,7 @@ def run(
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError("empty query: expected a SQL statement")
     try:
-        con, fetched = connect(lake, text, store=store, since=since)
+        con, fetched = connect(lake, text, store=store, since=since, as_of=as_of)
     except duckdb.Error as exc:
         raise InvalidInputError(f"query rejected: {str(exc).splitlines()[0]}") from None
     try:
@@ -405,7 +432,8 @@ def run(
 
 
 def query(
-    text: str, *, lake: Lake, store: TickStore | None = None, since: datetime | None = None
+    text: str, *, lake: Lake, store: TickStore | None = None, since: datetime | None = None,
+    as_of: date | None = None,
 ) -> pa.Table:
     """`run`'s result alone."""
-    return run(text, lake=lake, store=store, since=since)[0]
+    return run(text, lake=lake, store=store, since=since, as_of=as_of)[0]

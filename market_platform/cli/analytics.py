@@ -24,10 +24,13 @@ MAX_SHOWN_ROWS = 1_000_000
 @click.option("--to", "end", help="Last session, YYYY-MM-DD (default: --from).")
 @click.option("--timeframe", default="5m", show_default=True, type=click.Choice(["1m", "5m", "15m", "1h", "1d"]))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="FILE.png or FILE.html")
+@click.option("--adjust", default="none", show_default=True, type=click.Choice(["none", "split", "all"]),
+              help="Prices as traded (none), adjusted for splits, or for splits and dividends, as of today.")
 @fail_cleanly
-def chart(symbol: str, start: str, end: str | None, timeframe: str, out: str) -> None:
+def chart(symbol: str, start: str, end: str | None, timeframe: str, out: str, adjust: str) -> None:
     """Candlestick chart with volume of SYMBOL over sessions, from the lake and the tick store's
-    bars for sessions the lake lacks (MARKET_DB_URL, or the embedded server)."""
+    bars for sessions the lake lacks (MARKET_DB_URL, or the embedded server). With --adjust split
+    or all, a renamed ticker's chart includes its bars under the old name."""
     import psycopg
 
     from market_platform import calendar
@@ -44,7 +47,8 @@ def chart(symbol: str, start: str, end: str | None, timeframe: str, out: str) ->
                                       calendar.session(sessions[-1]).end, symbols=[symbol])
         except psycopg.errors.UndefinedTable:
             live = None  # a tick store without its schema yet holds no bars
-    info = charts.candles_chart(Lake.from_settings(), symbol, start, end, out, timeframe=timeframe, live=live)
+    info = charts.candles_chart(Lake.from_settings(), symbol, start, end, out, timeframe=timeframe, live=live,
+                                adjust=adjust)
     click.echo(f"{out}: {info.description}")
 
 
@@ -52,14 +56,17 @@ def chart(symbol: str, start: str, end: str | None, timeframe: str, out: str) ->
 @click.argument("sql_text", metavar="SQL")
 @click.option("--since", help="Earliest ts of live tables without a ts filter in the SQL: an ISO instant "
                               "or a duration back from now (90m, 2h, 3d). Default: the latest session's start.")
+@click.option("--as-of", "as_of", help="Date the adjusted views (<dataset>_adjusted_split, _adjusted_all) are as of: "
+                                       "only the corporate actions announced and in effect by then. Default: today.")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json"]))
 @click.option("--max-rows", default="100", show_default=True, help="Rows shown in table format.")
 @fail_cleanly
-def query(sql_text: str, since: str | None, fmt: str, max_rows: str) -> None:
+def query(sql_text: str, since: str | None, as_of: str | None, fmt: str, max_rows: str) -> None:
     """Run one read-only SELECT over the lake's datasets (views named as the datasets) and the tick
     store's tables as live.bars_1m, live.quotes, live.trades, ... (same column names); the tick
-    store is MARKET_DB_URL, or the embedded server. The SQL reaches nothing else: no other file,
-    no network, no extension."""
+    store is MARKET_DB_URL, or the embedded server. Bars are raw; every bar dataset also has
+    <dataset>_adjusted_split and <dataset>_adjusted_all views (as of --as-of) with traded_symbol
+    beside symbol. The SQL reaches nothing else: no other file, no network, no extension."""
     from market_platform.analytics import query as q
     from market_platform.analytics.alerts import parse_duration
     from market_platform.errors import InvalidInputError
@@ -85,8 +92,11 @@ def query(sql_text: str, since: str | None, fmt: str, max_rows: str) -> None:
                 since_at = datetime.now(timezone.utc) - parse_duration(since, what="--since")
             except InvalidInputError:
                 raise InvalidInputError(f"--since {since!r}: expected an ISO instant or a duration like 2h") from None
+    from market_platform import calendar
+
     store = _store() if q.live_tables(sql_text) else None
-    table, fetched = q.run(sql_text, lake=lake, store=store, since=since_at)
+    table, fetched = q.run(sql_text, lake=lake, store=store, since=since_at,
+                           as_of=calendar.to_date(as_of) if as_of else None)
     for read in fetched:
         click.echo(read.describe(), err=True)
     if fmt == "csv":

@@ -253,16 +253,25 @@ def status(ticker: str | None, dataset: str | None, workers: bool = False) -> No
         return
     store.check(exists=True)
     if ticker is not None:
-        found = [c for c in (lake_status.coverage(store, d, ticker) for d in lake_status.BAR_DATASETS) if c.rows]
+        history = lake_status.ticker_history(store, ticker)
+        found = [c for name in history.traded_symbols
+                 for c in (lake_status.coverage(store, d, name) for d in lake_status.BAR_DATASETS) if c.rows]
         listed = lake_status.ticker_snapshots(store, ticker)
         if not found and not listed:
             raise InvalidInputError(f"the lake at {store.url} has no bars and no universe snapshot listing "
                                     f"{ticker!r}: backfill it with `market-platform backfill --tickers {ticker} ...`")
         click.echo(f"{ticker} in {store.url}")
+        _print_history(history)
         if listed:
             click.echo(f"universe: listed in {len(listed)} snapshots from {listed[0][1]} to {listed[-1][1]} "
                        f"({', '.join(sorted({c for c, _ in listed}))})")
-        _print_coverages(found)
+        if len(history.names) > 1:
+            for name in history.traded_symbols:
+                click.echo(f"bars traded as {name}")
+                _print_coverages([c for c in (lake_status.coverage(store, d, name) for d in lake_status.BAR_DATASETS)
+                                  if c.rows])
+        else:
+            _print_coverages(found)
         return
     click.echo(f"lake {store.url}")
     snapshots = lake_status.snapshots(store)
@@ -280,6 +289,24 @@ def status(ticker: str | None, dataset: str | None, workers: bool = False) -> No
     others = [d for d in store.datasets() if d not in lake_status.BAR_DATASETS and d not in ("universe", "top3000")]
     for name in others:
         click.echo(f"{name}: {len(store.partitions(name))} partitions, {store.count(name):,} rows")
+
+
+def _print_history(history) -> None:
+    """Renames (the names the ticker's history traded under), a rename away, a delisting, and the
+    corporate actions on record."""
+    if len(history.names) > 1:
+        spans = [f"{name} " + (f"from {first} " if first else "") + (f"until {end} (exclusive)" if end else "on")
+                 for name, first, end in history.names]
+        click.echo(f"history: {'; '.join(spans)} (the adjusted views name it all {history.symbol}, with a "
+                   f"traded_symbol column: SELECT ... FROM bars_1d_adjusted_all WHERE symbol = '{history.symbol}')")
+    if history.renamed_to:
+        new, day = history.renamed_to
+        click.echo(f"renamed: trades as {new} from {day} (its history continues under {new})")
+    if history.delisted:
+        click.echo(f"delisted: no longer trades from {history.delisted}; its history stays")
+    if history.actions:
+        click.echo("corporate actions: " + ", ".join(f"{n} {kind}{'s' if n > 1 else ''}"
+                                                     for kind, n in sorted(history.actions.items())))
 
 
 def _print_coverages(coverages) -> None:

@@ -69,6 +69,48 @@ def coverage(lake: Lake, dataset: str, symbol: str | None = None) -> Coverage:
     )
 
 
+@dataclass
+class TickerHistory:
+    """A ticker's names and fate from the lake's corporate actions (all known today)."""
+
+    symbol: str
+    names: list[tuple[str, date | None, date | None]]  # (traded as, first session, first session no longer), oldest first
+    renamed_to: tuple[str, date] | None = None  # this name's company trades as another since that day
+    delisted: date | None = None  # first session it no longer trades
+    actions: dict[str, int] = field(default_factory=dict)  # action_type -> count, over every name
+
+    @property
+    def traded_symbols(self) -> list[str]:
+        return [name for name, _, _ in self.names]
+
+
+def ticker_history(lake: Lake, symbol: str) -> TickerHistory:
+    """The names `symbol`'s history traded under (renames chained, oldest first), where it went if
+    it was renamed away, its delisting, and its corporate actions by kind."""
+    from market_platform.analytics.adjust import ACTIONS, lineage
+
+    if not lake.partitions(ACTIONS):
+        return TickerHistory(symbol, [(symbol, None, None)])
+    known = lake.query("SELECT * FROM corporate_actions QUALIFY row_number() OVER "
+                       "(PARTITION BY action_id ORDER BY source) = 1").to_pylist()
+    renames = [(a["symbol"], a["new_symbol"], a["ex_date"]) for a in known
+               if a["action_type"] == "rename" and a["new_symbol"]]
+    ranges = [r for r in lineage(renames).to_pylist() if r["symbol"] == symbol]
+    first_own = max((r["end_day"] for r in ranges), default=None)
+    names = [(r["traded_symbol"], None if r["first_day"].year == 1900 else r["first_day"], r["end_day"])
+             for r in sorted(ranges, key=lambda r: r["end_day"])] + [(symbol, first_own, None)]
+    traded = {name for name, _, _ in names}
+    away = min(((new, ex) for old, new, ex in renames if old == symbol and (first_own is None or ex > first_own)),
+               key=lambda r: r[1], default=None)
+    delisted = min((a["ex_date"] for a in known if a["action_type"] == "delisting" and a["symbol"] == symbol),
+                   default=None)
+    counts: dict[str, int] = {}
+    for a in known:
+        if a["symbol"] in traded:
+            counts[a["action_type"]] = counts.get(a["action_type"], 0) + 1
+    return TickerHistory(symbol, names, away, delisted, counts)
+
+
 def snapshots(lake: Lake) -> list[Snapshots]:
     """Universe snapshots per category (and top3000): their days and the latest one's size."""
     found: dict[str, list[date]] = {}

@@ -1,7 +1,7 @@
 """Data-quality checks of `minute_bars`, one property each, per session (see analytics.quality).
 
 `ohlc_consistent` and `no_duplicate_bars` block: bad bars would flow into every rollup and metric.
-`session_complete` and `sources_agree` report without blocking: a thin session or a feed that
+`session_complete`, `sources_agree` and `no_unexplained_jumps` report without blocking: a thin session or a feed that
 differs is worth knowing, not worth stopping the day's metrics for.
 """
 
@@ -21,6 +21,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 
 from market_platform import calendar
 from market_platform.analytics import quality
+from market_platform.analytics.adjust import day_actions
 from market_platform.defs.bars.assets import minute_bars
 from market_platform.defs.partitions import trading_days_def
 from market_platform.defs.resources import LakeResource, TickStoreResource
@@ -103,6 +104,26 @@ def sources_agree(
     sources inside the lake's partition — their common minutes agree within 0.5% in price and 5%
     (or 100 shares) in volume (`analytics.quality.sources_agree`); the disagreements are listed."""
     return per_session(context, lambda key: _sources_agree(lake, tick_store, key), severity=dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset_check(asset=minute_bars, partitions_def=trading_days_def)
+def no_unexplained_jumps(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
+    """No symbol's raw price moves more than 25% from the previous session's last close to this
+    session's first open without a corporate action taking effect this session (a split, dividend
+    or rename in `corporate_actions`): such a jump is an action the platform missed, and adjusted
+    reads across it would be wrong. Each jump is named, with its symbol, day and move."""
+    return per_session(context, lambda key: _no_unexplained_jumps(lake.lake(), key),
+                       severity=dg.AssetCheckSeverity.WARN)
+
+
+def _no_unexplained_jumps(lake, key: str) -> quality.CheckOutcome:
+    day = date.fromisoformat(key)
+    previous = calendar.default_calendar().previous_session(day)
+    if not lake.has_partition("minute_bars", previous):
+        return quality.CheckOutcome(True, f"no minute_bars for {previous}, the session before {key}: "
+                                          "no close to compare with", {"unexplained_jumps": 0})
+    return quality.no_unexplained_jumps(lake.read_partition("minute_bars", day),
+                                        lake.read_partition("minute_bars", previous), day_actions(lake, day), day)
 
 
 def _sources_agree(lake: LakeResource, tick_store: TickStoreResource, key: str) -> quality.CheckOutcome:
