@@ -169,62 +169,69 @@ ORDER BY symbol, ex_date
 """
 
 
-# Per (traded symbol, session) of the lake where either is not the identity: the name as of the
-# read (`symbol`) and the factors, for the sessions before each ticker's last ex-date and the
-# sessions an old name traded. Bars join it by hash on (symbol, date): one probe per bar, however
-# many bars a session holds (an ASOF join per bar sorts them all, and is 3-4x slower here).
-_DAYS_SQL = """
-CREATE OR REPLACE TEMP TABLE __adj_days AS
-WITH intervals AS (
-    SELECT symbol, coalesce(lag(ex_date) OVER (PARTITION BY symbol ORDER BY ex_date), DATE '1900-01-01') AS first_day,
-           ex_date AS end_day, split_factor, all_factor
-    FROM __adj_factors
+# Where a traded symbol's bars need relabelling or factors other than 1: ranges of sessions
+# [first_day, end_day) with the name as of the read (`symbol`) and the factors, cut at every
+# breakpoint of that traded symbol (its own ex-dates, its renames' bounds, and within those the
+# ex-dates of the ticker it became), so each range is constant; an old name's bars carry its
+# successor's factors, a ticker's own factors apply to the sessions its bars are its own (not those
+# it traded as another company, before a rename away). Each range is listed once per calendar month
+# it touches (`bucket`) and clipped to the sessions the lake holds [$first, $end): bars join by hash
+# on (symbol, month) and then check the range, one or two candidates per bar. (A table per session
+# was 1.6M rows for 5 years of 3,000 tickers, slower to build and to probe; an ASOF join per bar
+# sorts them all, 3-4x slower still.)
+_RANGES_SQL = """
+CREATE OR REPLACE TEMP TABLE __adj_ranges AS
+WITH breaks AS (
+    SELECT symbol AS traded_symbol, DATE '1900-01-01' AS day FROM __adj_factors
+    UNION SELECT symbol, ex_date FROM __adj_factors
+    UNION SELECT traded_symbol, first_day FROM symbol_lineage
+    UNION SELECT traded_symbol, end_day FROM symbol_lineage
+    UNION SELECT l.traded_symbol, f.ex_date FROM symbol_lineage l
+          JOIN __adj_factors f ON f.symbol = l.symbol AND f.ex_date > l.first_day AND f.ex_date < l.end_day
 ),
-factors AS (
-    SELECT i.symbol, d.day AS date, i.split_factor, i.all_factor
-    FROM intervals i JOIN __adj_dates_arrow d ON d.day >= i.first_day AND d.day < i.end_day
+pieces AS (
+    SELECT traded_symbol, day AS first_day,
+           coalesce(lead(day) OVER (PARTITION BY traded_symbol ORDER BY day), DATE '9999-12-31') AS end_day
+    FROM breaks
 ),
-renamed AS (
-    SELECT l.traded_symbol, d.day AS date, l.symbol
-    FROM symbol_lineage l JOIN __adj_dates_arrow d ON d.day >= l.first_day AND d.day < l.end_day
+labelled AS (
+    SELECT p.*, coalesce(l.symbol, p.traded_symbol) AS symbol
+    FROM pieces p LEFT JOIN symbol_lineage l
+      ON l.traded_symbol = p.traded_symbol AND p.first_day >= l.first_day AND p.first_day < l.end_day
+),
+valued AS (
+    -- The factors of the bars before the first ex-date after the range's start.
+    SELECT p.traded_symbol, greatest(p.first_day, $first) AS first_day, least(p.end_day, $end) AS end_day,
+           p.symbol, coalesce(f.split_factor, 1.0) AS split_factor, coalesce(f.all_factor, 1.0) AS all_factor
+    FROM labelled p ASOF LEFT JOIN __adj_factors f ON f.symbol = p.symbol AND p.first_day < f.ex_date
 )
--- An old name's bars carry its successor's factors; a ticker's own factors apply to the sessions
--- its bars are its own (not those it traded as another company, before a rename away).
-SELECT r.traded_symbol, r.date, r.symbol,
-       coalesce(f.split_factor, 1.0) AS split_factor, coalesce(f.all_factor, 1.0) AS all_factor
-FROM renamed r LEFT JOIN factors f ON f.symbol = r.symbol AND f.date = r.date
-UNION ALL
-SELECT f.symbol, f.date, f.symbol, f.split_factor, f.all_factor
-FROM factors f ANTI JOIN renamed r ON r.traded_symbol = f.symbol AND r.date = f.date
+SELECT traded_symbol, unnest(generate_series(year(first_day) * 12 + month(first_day),
+                                             year(end_day - 1) * 12 + month(end_day - 1))) AS bucket,
+       first_day, end_day, symbol, split_factor, all_factor
+FROM valued
+WHERE first_day < end_day AND (symbol <> traded_symbol OR split_factor <> 1.0 OR all_factor <> 1.0)
 """
 
 
-#: Up to this many sessions, the closes' scan names its dates (DuckDB then opens only their files).
-_LISTED_DATES = 200
-
-
-def _closes_sql(views: set[str], lake: Lake, days: list[date]) -> str:
+def _closes_sql(con: duckdb.DuckDBPyConnection, views: set[str], lake: Lake, days: list[date]) -> str:
     """A relation (symbol, day, close): the raw whole-session close of each (symbol, day) of
     `__adj_needed` (dividends' symbols on the sessions before their ex-dates), from bars_1d where
     the lake has that session (a file of one bar per symbol), else from minute_bars. Both give the
-    session's last 1-minute close."""
+    session's last 1-minute close. Only those sessions' files are opened (`Lake.scan`)."""
     daily_days = set(lake.dates("bars_1d")) if "bars_1d" in views else set()
     minute_days = set(lake.dates("minute_bars")) if "minute_bars" in views else set()
     # Each session from one dataset only, and only sessions the lake holds: no close twice.
-    in_daily = sorted(d.isoformat() for d in days if d.isoformat() in daily_days)
-    elsewhere = sorted(d.isoformat() for d in days if d.isoformat() in minute_days - daily_days)
+    in_daily = [d for d in days if d.isoformat() in daily_days]
+    elsewhere = [d for d in days if d.isoformat() in minute_days - daily_days]
     parts = []
     for dataset, wanted, close in (("bars_1d", in_daily, "min_by(b.close, b.source)"),
                                    ("minute_bars", elsewhere, "arg_max(b.close, b.ts)")):
-        if not wanted or dataset not in views:
+        scan = lake.scan(con, dataset, wanted) if wanted else None
+        if scan is None:
             continue
-        # Dates are Python dates rendered by isoformat: literals that prune the partitions scanned.
-        listed = (" AND b.date IN (" + ", ".join(f"DATE '{d}'" for d in wanted) + ")"
-                  if len(wanted) <= _LISTED_DATES else
-                  f" AND b.date BETWEEN DATE '{wanted[0]}' AND DATE '{wanted[-1]}'")
-        parts.append(f"SELECT b.symbol, b.date AS day, {close} AS close FROM {dataset} b "
-                     f"SEMI JOIN __adj_needed n ON b.symbol = n.symbol AND b.date = n.day WHERE true{listed} "
-                     "GROUP BY b.symbol, b.date")
+        scan.create_view(f"__adj_scan_{dataset}")
+        parts.append(f"SELECT b.symbol, b.date AS day, {close} AS close FROM __adj_scan_{dataset} b "
+                     "SEMI JOIN __adj_needed n ON b.symbol = n.symbol AND b.date = n.day GROUP BY b.symbol, b.date")
     if not parts:
         return "SELECT CAST(NULL AS VARCHAR) AS symbol, CAST(NULL AS DATE) AS day, CAST(NULL AS DOUBLE) AS close WHERE false"
     return " UNION ALL ".join(parts)
@@ -287,7 +294,7 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
                 "FROM __adj_acts d JOIN __adj_prev p USING (ex_date) WHERE d.action_type = 'dividend'")
     # One close per (symbol, session) whatever overlaps the datasets have: a dividend joins one.
     con.execute("CREATE OR REPLACE TEMP TABLE __adj_closes AS SELECT symbol, day, min(close) AS close FROM ("
-                + _closes_sql(views, lake, sorted(set(previous.values()))) + ") GROUP BY symbol, day")
+                + _closes_sql(con, views, lake, sorted(set(previous.values()))) + ") GROUP BY symbol, day")
     _gap_closes(con, views, lake)
     con.execute(_FACTORS_SQL)
     unpriced = con.sql("""
@@ -296,9 +303,9 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
         LEFT JOIN __adj_closes c ON c.symbol = d.traded_symbol AND c.day = p.prev_day
         WHERE d.action_type = 'dividend' AND c.close IS NULL ORDER BY 2, 1""").fetchall()
     con.execute("CREATE OR REPLACE TEMP TABLE adjustment_factors AS SELECT * FROM __adj_factors")
-    dates = sorted({day for dataset in BAR_DATASETS if dataset in views for day in lake.dates(dataset)})
-    con.register("__adj_dates_arrow", pa.table({"day": pa.array([date.fromisoformat(d) for d in dates], pa.date32())}))
-    con.execute(_DAYS_SQL)
+    firsts = [dates[0] for dates in (lake.dates(dataset) for dataset in BAR_DATASETS if dataset in views) if dates]
+    first = min(firsts, default=as_of.isoformat())
+    con.execute(_RANGES_SQL, {"first": date.fromisoformat(first), "end": as_of + timedelta(days=1)})
     created = []
     for dataset in BAR_DATASETS:
         if dataset not in views:
@@ -325,7 +332,9 @@ def adjusted_sql(relation: str, adjust: str, as_of: date | None = None) -> str:
         prices = ", ".join(f"b.{p} * {factor} AS {p}" for p in _PRICES)
         replace = f" REPLACE ({prices}, b.volume / coalesce(f.split_factor, 1.0) AS volume)"
     return (f"SELECT coalesce(f.symbol, b.symbol) AS symbol, b.symbol AS traded_symbol, b.* EXCLUDE (symbol){replace} "
-            f"FROM {relation} b LEFT JOIN __adj_days f ON b.symbol = f.traded_symbol AND b.date = f.date{until}")
+            f"FROM {relation} b LEFT JOIN __adj_ranges f ON b.symbol = f.traded_symbol "
+            "AND year(b.date) * 12 + month(b.date) = f.bucket AND b.date >= f.first_day AND b.date < f.end_day"
+            f"{until}")
 
 
 def connect(lake: Lake, *, as_of: date | str | None = None, symbols: Sequence[str] | None = None,
