@@ -177,6 +177,17 @@ def test_empty_table_writes_an_empty_partition(lake: Lake) -> None:
         lake.write_partition("lake_test_any", DAY, iter([]))
 
 
+def test_empty_table_with_the_key_as_a_column_writes_an_empty_partition(lake: Lake) -> None:
+    # A source's corporate actions refresh that finds none replaces its partition with no rows.
+    actions = {"source": "sim"}
+    assert lake.write_partition("corporate_actions", actions, schemas.CORPORATE_ACTIONS.empty_table()) == 0
+    assert lake.count("corporate_actions", actions) == 0
+    assert lake.write_partition("corporate_actions", actions, iter([schemas.CORPORATE_ACTIONS.empty_table()])) == 0
+    universe = {"category": "us_equities", "date": DAY}
+    assert lake.write_partition("universe", universe, schemas.UNIVERSE.empty_table()) == 0
+    assert lake.partitions("universe") == [universe]
+
+
 # -- idempotency: the same rows give the same bytes ---------------------------------------------
 
 

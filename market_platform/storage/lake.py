@@ -642,7 +642,8 @@ def _check_key_columns(table: pa.Table, spec: Mapping[str, str], label: str) -> 
                 f"{label}: column {key!r} of type {column.type} cannot hold the key value {value!r}"
             ) from None
         matches = pc.fill_null(pc.equal(column, expected), False)
-        if not pc.all(matches).as_py():
+        # min_count=0: no rows at all agree too (by default `all` of nothing is null).
+        if not pc.all(matches, min_count=0).as_py():
             other = column.filter(pc.invert(matches))
             raise InvalidInputError(
                 f"{label}: {len(other)} rows have {key}={other[0].as_py()!r} (first seen): "
