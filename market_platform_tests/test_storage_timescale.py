@@ -485,6 +485,22 @@ def test_rollups_match_a_new_york_resample(tick_store: TickStore, timeframe: str
         assert len(fall_back) == 4  # 00:00 EDT, 01:00 EDT, 01:00 EST, 02:00 EST
 
 
+@pytest.mark.parametrize("timeframe, first", [("5m", (14, 30)), ("15m", (14, 30)), ("1h", (15, 0)), ("1d", None)])
+def test_read_bars_returns_the_buckets_that_start_in_the_window(tick_store: TickStore, timeframe, first) -> None:
+    # 09:00-10:59 New York on 1 March 2024; the window starts at 09:30, inside an hour and a day.
+    tick_store.write_bars(synthetic.bars(120, symbols=2, start=datetime(2024, 3, 1, 14, 0, tzinfo=UTC), seed=4))
+    start, end = datetime(2024, 3, 1, 14, 30, tzinfo=UTC), datetime(2024, 3, 1, 16, 0, tzinfo=UTC)
+    window = tick_store.read_bars(timeframe, start, end)
+    every = tick_store.read_arrow(f"SELECT * FROM bars_{timeframe} ORDER BY symbol, ts")
+    expected = every.filter(pc.and_(pc.greater_equal(every["ts"], pa.scalar(start, every.schema.field("ts").type)),
+                                    pc.less(every["ts"], pa.scalar(end, every.schema.field("ts").type))))
+    exact = [name for name in expected.column_names if name != "vwap"]  # vwap: sums in another order
+    assert window.select(exact).equals(expected.select(exact))
+    assert window["vwap"].to_pylist() == pytest.approx(expected["vwap"].to_pylist(), rel=1e-12)
+    assert min(window["ts"].to_pylist(), default=None) == (
+        datetime(2024, 3, 1, *first, tzinfo=UTC) if first else None)  # the day began at midnight, before 09:30
+
+
 def test_read_bars_checks_its_arguments(tick_store: TickStore) -> None:
     start = datetime(2024, 3, 1, tzinfo=UTC)
     with pytest.raises(InvalidInputError, match="unknown timeframe '2m'"):

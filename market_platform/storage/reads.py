@@ -153,7 +153,9 @@ class Reads:
         symbols: Sequence[str] | None = None,
     ) -> pa.Table:
         """Bars of `timeframe` ("1m", "5m", "15m", "1h", "1d") whose start is in [start, end),
-        ordered by symbol and ts. Rollups have no source column (they span all sources).
+        ordered by symbol and ts: a bucket that began before `start` is left out though it overlaps
+        the window (from 09:30 New York, the hours from 10:00 and no day), on plain PostgreSQL
+        and TimescaleDB alike. Rollups have no source column (they span all sources).
 
         A rollup's buckets in the window that minutes written behind its watermark left stale
         are refreshed first (`refresh_rollups`, storage/refresh.py)."""
