@@ -506,6 +506,21 @@ def test_s3_lake_round_trip_views_and_bytes_equal_to_local(
     assert s3_lake.dates("minute_bars") == [DAY] and s3_lake.datasets() == ["minute_bars"]
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_scan_reads_the_named_partitions_only(request: pytest.FixtureRequest, where: str) -> None:
+    lake = request.getfixturevalue("lake" if where == "local" else "s3_lake")
+    for day in ("2024-11-26", "2024-11-27", DAY):
+        lake.write_partition("minute_bars", day, bars(symbols=2, minutes=3, day=day))
+    with lake.connect() as con:
+        # A partition without data is skipped; the date key is a DATE column, as in the views.
+        scan = lake.scan(con, "minute_bars", [dt.date(2024, 11, 26), DAY, "2024-11-28"])
+        rows = scan.aggregate("date, count(*) AS n", "date").order("date").fetchall()
+        assert rows == [(dt.date(2024, 11, 26), 6), (dt.date(2024, 11, 29), 6)]
+        assert lake.scan(con, "minute_bars", ["2024-11-28"]) is None and lake.scan(con, "minute_bars", []) is None
+        with pytest.raises(InvalidInputError, match="expected a real date"):
+            lake.scan(con, "minute_bars", ["2024-11-28'"])
+
+
 def test_s3_failed_write_keeps_the_old_object(s3_lake: Lake) -> None:
     s3_lake.write_partition("minute_bars", DAY, bars(seed=1))
     digest = s3_lake.file_digest("minute_bars", DAY)
