@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from market_platform.storage.lake import Lake
+from market_platform_tests.fixtures import HISTORY_START
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -28,6 +29,7 @@ def env(tmp_path, make_database) -> dict[str, str]:
         "MARKET_PLATFORM_HOME": str(tmp_path / "home"),
         "MARKET_DB_URL": make_database("postgres"),
         "MARKET_SIM_STOCKS": "20",
+        "MARKET_HISTORY_START": HISTORY_START,
     }
 
 

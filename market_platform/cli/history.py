@@ -36,7 +36,22 @@ def _check_partition(definitions, keys, partition: str) -> None:
             raise InvalidInputError(f"unknown category {partition!r}: expected one of "
                                     f"{', '.join(categories_def.get_partition_keys())}")
     else:
-        calendar.session(partition)
+        check_history([calendar.session(partition).day])
+
+
+def check_history(days) -> None:
+    """Refuse sessions before the history start (the trading-day partitions' first day) with the
+    setting to change."""
+    from market_platform import settings
+    from market_platform.errors import InvalidInputError
+
+    start = settings.history_start()
+    early = min(days)
+    if early < start:
+        raise InvalidInputError(
+            f"session {early.isoformat()} is before the history start {start.isoformat()}, where the trading-day "
+            f"partitions begin: set {settings.HISTORY_START_VAR}={early.isoformat()} (or earlier) to keep older "
+            "history, for this command and for `market-platform ui`")
 
 
 @main.command()
@@ -185,6 +200,7 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
     if not days:
         raise InvalidInputError(f"no trading session from {first.isoformat()} to {last.isoformat()}: "
                                 "expected a range holding at least one session")
+    check_history(days)
     frames = list(dict.fromkeys(t.strip() for t in timeframes.split(",") if t.strip()))
     unknown = [t for t in frames if t not in TIMEFRAMES]
     if unknown or not frames:

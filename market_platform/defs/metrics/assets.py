@@ -14,7 +14,7 @@ from market_platform import schemas
 from market_platform.analytics import charts, forecast, metrics
 from market_platform.defs.bars.assets import minute_bars
 from market_platform.defs.metadata import table_metadata
-from market_platform.defs.partitions import trading_days_def
+from market_platform.defs.partitions import partitioned_asset, trading_days_def
 from market_platform.defs.resources import LakeResource
 from market_platform.errors import NotEnoughHistoryError
 
@@ -44,7 +44,7 @@ def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: 
     return table
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="metrics",
     kinds={"parquet", "duckdb"},
@@ -68,7 +68,7 @@ def daily_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="metrics",
     kinds={"parquet", "duckdb"},
@@ -86,7 +86,7 @@ def intraday_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     return dg.MaterializeResult()
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="metrics",
     kinds={"parquet", "duckdb"},
@@ -102,7 +102,7 @@ def return_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     return dg.MaterializeResult()
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="metrics",
     kinds={"parquet", "scikit-learn"},
