@@ -76,17 +76,45 @@ def test_db_init_then_status(env, pg_server_variant):
     assert bars[1] == "0" and bars[4:6] == ["-", "-"]  # rows; no oldest or newest day: nothing stored
 
 
-def test_demo_backfills_through_the_replay_servers(env):
-    result = run([str(BIN / "market-platform"), "demo", "--sessions", "1", "--history", "1", "--stocks", "20"],
-                 {**env, "POLYGON_API_KEY": "a-real-key-the-demo-must-not-use"})
+def test_demo_backfills_through_the_replay_servers(env, monkeypatch):
+    result = run([str(BIN / "market-platform"), "demo", "--sessions", "1", "--history", "1", "--stocks", "20",
+                  "--no-stream"], {**env, "POLYGON_API_KEY": "a-real-key-the-demo-must-not-use"})
     assert result.returncode == 0, result.stderr
     assert "built 2 sessions of 20 simulated stocks through the replay servers" in result.stdout
     assert "the local replay servers (no vendor keys set)" in result.stdout
     lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
     assert set(lake.datasets()) >= {"minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "universe",
-                                    "vendor_bars_1d"}
+                                    "vendor_bars_1d", "daily_metrics", "intraday_metrics", "return_features",
+                                    "return_forecast"}
     sources = lake.query("SELECT DISTINCT source FROM minute_bars ORDER BY 1")["source"].to_pylist()
     assert sources == ["polygon_flatfiles", "polygon_rest"]  # two months ago from the files, yesterday from REST
+    days = lake.dates("minute_bars")
+    assert lake.dates("daily_metrics") == lake.dates("intraday_metrics") == days and len(days) == 2
+    # Quiet: no warnings of Dagster's beta APIs, no embedded-PostgreSQL internals, no traceback.
+    for noise in ("Warning", "PG_VERSION", "postmaster_info", "remaining pids", "Traceback"):
+        assert noise not in result.stdout + result.stderr
+    assert "market-platform db stop" in result.stdout and "a later command starts it again" in result.stdout
+
+    # In the UI: the metrics group materialized per session; every run with its target (asset
+    # selection) and its code location (the Overview timeline shows only those).
+    import dagster as dg
+
+    monkeypatch.setenv("MARKET_DB_URL", env["MARKET_DB_URL"])
+    monkeypatch.setenv("MARKET_PLATFORM_HOME", env["MARKET_PLATFORM_HOME"])
+    with dg.DagsterInstance.from_config(str(Path(env["MARKET_PLATFORM_HOME"]) / "dagster")) as instance:
+        for name in ("daily_metrics", "intraday_metrics", "return_features", "return_forecast", "minute_bars"):
+            assert instance.get_materialized_partitions(dg.AssetKey(name)) == set(days), name
+        records = instance.get_run_records()
+        assert len(records) >= 4  # two universes, then bars and metrics backfills
+        for record in records:
+            dagster_run = record.dagster_run
+            assert dagster_run.asset_selection and record.start_time is not None, dagster_run.run_id
+            origin = dagster_run.remote_job_origin
+            assert (origin.location_name, origin.repository_origin.repository_name) == \
+                ("market_platform", "__repository__")
+        assert {dg.AssetKey("daily_metrics"), dg.AssetKey("return_forecast")} in [
+            set(r.dagster_run.asset_selection) & {dg.AssetKey("daily_metrics"), dg.AssetKey("return_forecast")}
+            for r in records]
 
 
 def test_dagster_cli_validates_materializes_and_executes_from_the_repository_root(env):

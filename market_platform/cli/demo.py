@@ -16,7 +16,11 @@ from market_platform.cli.base import (
     main,
     redact,
 )
-from market_platform.cli.history import _bars_config, _discover, _launch_backfill
+from market_platform.cli.history import _bars_config, _discover, _launch_backfill, check_history
+
+
+#: The metrics group, materialized by the demo for its sessions.
+METRICS_ASSETS = ("daily_metrics", "intraday_metrics", "return_features", "return_forecast")
 
 
 @main.command()
@@ -50,19 +54,24 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
 
     cal = calendar.default_calendar()
     last = cal.last_completed_session(datetime.now(timezone.utc))
-    recent = calendar.sessions("2004-01-02", last)[-sessions:]
+    before = calendar.sessions(calendar.CALENDAR_START, last)
+    recent, more = before[-sessions:], before[-sessions - 5:-sessions]
     old_end = cal.previous_session(last - timedelta(days=vendors.flatfiles_after_days + 30))
-    old = calendar.sessions("2004-01-02", old_end)[-history:] if history else []
+    old = calendar.sessions(calendar.CALENDAR_START, old_end)[-history:] if history else []
     for category in ("us_equities", "etf"):
         _discover(category, limit=None, as_of=None)
     days = [*old, *recent]
-    outcome = _launch_backfill(days, timeframes=["1m", "1d"], run_config=_bars_config(), label="demo")
+    check_history(days)
+    outcome = _launch_backfill(days, timeframes=["1m", "1d"], run_config=_bars_config(), label="demo bars")
+    # What the assets' eager automation would do under a daemon: the metrics of the backfilled sessions.
+    metrics = _launch_backfill(days, timeframes=[], run_config={}, label="demo metrics", assets=list(METRICS_ASSETS))
 
     from market_platform.history.status import coverage
     from market_platform.storage.lake import Lake
 
     lake = Lake.from_settings()
-    click.echo(f"\nlake        {settings.lake_url()}   (backfill {outcome.backfill_id}, {len(outcome.runs)} runs)")
+    click.echo(f"\nlake        {settings.lake_url()}   (backfills {outcome.backfill_id} of bars, {len(outcome.runs)} runs, "
+               f"and {metrics.backfill_id} of metrics, {len(metrics.runs)} runs)")
     datasets = ("minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "vendor_bars_1d")
     click.echo("  session     source              " + "".join(f"{d:>15}" for d in datasets))
     for day in days:
@@ -70,6 +79,9 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
                                       .column("source").to_pylist())))
         counts = "".join(f"{lake.count(d, day):>15,}" for d in datasets)
         click.echo(f"  {day}  {source:<19} {counts}")
+    click.echo("  session     " + "".join(f"{d:>18}" for d in METRICS_ASSETS))
+    for day in days:
+        click.echo(f"  {day}  " + "".join(f"{lake.count(d, day):>18,}" for d in METRICS_ASSETS))
     agree = _daily_agreement(lake, days)
     click.echo(f"\nvendor_bars_1d (the vendor's daily bars) vs bars_1d (rolled up from minute bars): "
                f"{agree[0]:,} of {agree[1]:,} bars agree on open, high, low, close and volume")
@@ -88,7 +100,8 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
         "  make ui                                       # the Dagster UI: assets, partitions, the backfill and its runs\n"
         "  .venv/bin/market-platform db status           # the tick store: quotes, trades, bars_1m, stream_stats\n"
         "  .venv/bin/market-platform status AAPL         # what the lake holds for a ticker\n"
-        "  .venv/bin/market-platform backfill --from 2024-11-25 --to 2024-11-29 --tickers AAPL,MSFT\n"
+        f"  .venv/bin/market-platform backfill --from {more[0]} --to {more[-1]} --tickers AAPL,MSFT   "
+        "# five sessions more\n"
         "  .venv/bin/market-platform db stop             # stop the embedded PostgreSQL the demo left running "
         "(a later command starts it again, and says so)\n"
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select symbol, count(*) from "

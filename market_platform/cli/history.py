@@ -127,8 +127,9 @@ def _bars_config(**options) -> dict:
     return {"ops": {name: {"config": dict(options)} for name in CONFIGURED_ASSETS}}
 
 
-def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: str):
-    """Run a Dagster backfill of the bars of `days` (see market_platform.backfills), with a progress bar."""
+def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: str, assets: list[str] | None = None):
+    """Run a Dagster backfill of the bars of `days` (see market_platform.backfills), or of other
+    `assets` of theirs, with a progress bar."""
     import dagster as dg
 
     from market_platform import backfills
@@ -139,12 +140,12 @@ def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: st
     os.environ.update(dagster_env())
     instance = dg.DagsterInstance.get()
     definitions = defs()
-    keys = [a.key for tf in timeframes for a in TIMEFRAME_ASSETS[tf]]
+    keys = [dg.AssetKey(a) for a in assets] if assets else [a.key for tf in timeframes for a in TIMEFRAME_ASSETS[tf]]
     title = f"{label} {days[0].isoformat()}..{days[-1].isoformat()}" if len(days) > 1 else f"{label} {days[0]}"
-    tags = {"market_platform/timeframes": ",".join(timeframes)}
+    tags = {"market_platform/timeframes": ",".join(timeframes)} if timeframes else {}
     for abandoned in backfills.reap_abandoned(instance):
         click.echo(f"backfill {abandoned} lost its process: marked failed (this one resumes its work)", err=True)
-    with click.progressbar(length=len(set(days)), label=f"backfill {len(set(days))} sessions",
+    with click.progressbar(length=len(set(days)), label=f"{label}: {len(set(days))} sessions",
                            file=sys.stderr, show_pos=True) as bar:
         if backfills.daemon_running(instance):
             backfill_id = backfills.submit(instance, definitions, keys, days, run_config=run_config, title=title,

@@ -23,25 +23,38 @@ from market_platform.errors import NotEnoughHistoryError
 ONE_RUN = dg.BackfillPolicy.single_run()
 
 
-def movers_markdown(table: pa.Table, day: date, *, n: int = 10) -> "str | None":
-    """The day's movers chart as markdown with an inline PNG, for the Dagster UI (None: no movers)."""
+def movers_metadata(table: pa.Table, day: date, *, n: int = 10) -> dict[str, dg.MetadataValue]:
+    """The day's movers for the Dagster UI: `movers`, a table it shows in place (the `n` biggest
+    gainers and losers, change in percent), and `movers_chart`, the bar chart as markdown with an
+    inline PNG (behind "[Show Markdown]": the UI opens long markdown in a dialog). Empty: no movers."""
     gainers, losers = metrics.movers(table, n=n)
     if not gainers.num_rows and not losers.num_rows:
-        return None
+        return {}
+    records = [
+        dg.TableRecord({"side": side, "symbol": row["symbol"], "change_pct": round(row["change"] * 100, 2),
+                        "close": round(row["close"], 4), "dollar_volume": round(row["dollar_volume"] or 0.0)})
+        for side, part in (("gainer", gainers), ("loser", losers)) for row in part.to_pylist()
+    ]
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn("side", "string"), dg.TableColumn("symbol", "string"),
+        dg.TableColumn("change_pct", "float", description="percent change from the previous close (else from the open)"),
+        dg.TableColumn("close", "float"), dg.TableColumn("dollar_volume", "float")])
     png = charts.png_bytes(charts.render_movers(gainers, losers, day))
-    return charts.markdown_image(png, f"movers {day.isoformat()}")
+    return {"movers": dg.MetadataValue.table(records, schema=schema),
+            "movers_chart": dg.MetadataValue.md(charts.markdown_image(png, f"movers {day.isoformat()}"))}
 
 
-def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: str, compute) -> pa.Table:
-    """Compute and write each session of the run, each materialized with its own figures; returns the last table."""
+def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: str, compute,
+                extra=lambda table, day: {}) -> None:
+    """Compute and write each session of the run, each materialized with its own figures (and
+    `extra(table, day)`'s)."""
     store = lake.lake()
-    table = None
     for key in context.partition_keys:
-        table = compute(store, date.fromisoformat(key))
+        day = date.fromisoformat(key)
+        table = compute(store, day)
         store.write_partition(dataset, key, table)
-        context.add_asset_metadata(table_metadata(table), partition_key=key)
+        context.add_asset_metadata({**table_metadata(table), **extra(table, day)}, partition_key=key)
         context.log.info(f"{key}: {table.num_rows} rows of {dataset}")
-    return table
 
 
 @partitioned_asset(
@@ -59,13 +72,8 @@ def daily_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
     close, open-to-close and log return, percent change from the previous close, gap, range, dollar
     volume, realized volatility of 1-minute returns, and the pre-market and after-hours shares of
     volume; computed by DuckDB from `minute_bars`. The metadata shows the day's movers."""
-    table = _write_each(context, lake, metrics.DAILY_METRICS, metrics.daily_metrics)
-    metadata = {}
-    if len(context.partition_keys) == 1:
-        chart = movers_markdown(table, date.fromisoformat(context.partition_key))
-        if chart:
-            metadata["movers"] = dg.MetadataValue.md(chart)
-    return dg.MaterializeResult(metadata=metadata)
+    _write_each(context, lake, metrics.DAILY_METRICS, metrics.daily_metrics, extra=movers_metadata)
+    return dg.MaterializeResult()
 
 
 @partitioned_asset(
