@@ -145,19 +145,42 @@ def sql_dir() -> Path:
     raise FileNotFoundError(f"no sql/ folder beside or inside {package}")
 
 
+#: The simulated market `market-platform demo` built, kept for every later command of its home.
+SIM_MARKET_FILE = "sim_market.json"
+
+
 def sim_market_size() -> tuple[int, float]:
     """(stocks and ETFs, activity) of the simulated market every entry point serves (backfills,
-    the stream's replay, the demo): MARKET_SIM_STOCKS (default 3000) and MARKET_SIM_ACTIVITY
-    (default 1.0, about 80 million quotes a full session at 3,000 stocks)."""
+    the stream's replay, snapshots, the demo, the UI's runs): MARKET_SIM_STOCKS and
+    MARKET_SIM_ACTIVITY, else the market the demo built in this home ($MARKET_PLATFORM_HOME/
+    sim_market.json), else 3000 stocks at activity 1.0 (about 80 million quotes a full session)."""
+    import json
+
     from market_platform.errors import ConfigError
 
+    kept: dict = {}
+    if not os.environ.get(SIM_STOCKS_VAR) or not os.environ.get(SIM_ACTIVITY_VAR):
+        try:
+            kept = json.loads((home() / SIM_MARKET_FILE).read_text())
+        except (OSError, ValueError):
+            kept = {}
     try:
-        stocks = int(os.environ.get(SIM_STOCKS_VAR) or 3000)
-        activity = float(os.environ.get(SIM_ACTIVITY_VAR) or 1.0)
-    except ValueError:
+        stocks = int(os.environ.get(SIM_STOCKS_VAR) or kept.get("stocks") or 3000)
+        activity = float(os.environ.get(SIM_ACTIVITY_VAR) or kept.get("activity") or 1.0)
+    except (TypeError, ValueError):
         stocks, activity = 0, 0.0
     if stocks < 1 or not 0 < activity < float("inf"):
         raise ConfigError(f"{SIM_STOCKS_VAR}={os.environ.get(SIM_STOCKS_VAR)!r}, {SIM_ACTIVITY_VAR}="
-                          f"{os.environ.get(SIM_ACTIVITY_VAR)!r}: expected a whole number of stocks >= 1 and a "
-                          "positive activity (1.0 is a full market)")
+                          f"{os.environ.get(SIM_ACTIVITY_VAR)!r} ({home() / SIM_MARKET_FILE}: {kept or 'none'}): "
+                          "expected a whole number of stocks >= 1 and a positive activity (1.0 is a full market)")
     return stocks, activity
+
+
+def keep_sim_market(stocks: int, activity: float) -> None:
+    """Record the demo's simulated market in the home, for every later command (atomically)."""
+    import json
+
+    path = home() / SIM_MARKET_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"stocks": stocks, "activity": activity}) + "\n")
+    tmp.replace(path)

@@ -94,13 +94,21 @@ def test_demo_backfills_through_the_replay_servers(env, monkeypatch):
     for noise in ("Warning", "PG_VERSION", "postmaster_info", "remaining pids", "Traceback"):
         assert noise not in result.stdout + result.stderr
     assert "market-platform db stop" in result.stdout and "a later command starts it again" in result.stdout
+    # One simulated market: later commands of this home serve the demo's, not 3,000 stocks.
+    from market_platform import settings
+
+    monkeypatch.delenv("MARKET_SIM_STOCKS", raising=False)
+    monkeypatch.delenv("MARKET_SIM_ACTIVITY", raising=False)
+    monkeypatch.setenv("MARKET_PLATFORM_HOME", env["MARKET_PLATFORM_HOME"])
+    assert settings.sim_market_size() == (20, 1.0)
+    monkeypatch.setenv("MARKET_SIM_STOCKS", "30")
+    assert settings.sim_market_size() == (30, 1.0)  # the variable still decides
 
     # In the UI: the metrics group materialized per session; every run with its target (asset
     # selection) and its code location (the Overview timeline shows only those).
     import dagster as dg
 
     monkeypatch.setenv("MARKET_DB_URL", env["MARKET_DB_URL"])
-    monkeypatch.setenv("MARKET_PLATFORM_HOME", env["MARKET_PLATFORM_HOME"])
     with dg.DagsterInstance.from_config(str(Path(env["MARKET_PLATFORM_HOME"]) / "dagster")) as instance:
         for name in ("daily_metrics", "intraday_metrics", "return_features", "return_forecast", "minute_bars"):
             assert instance.get_materialized_partitions(dg.AssetKey(name)) == set(days), name
@@ -122,20 +130,23 @@ def test_dagster_cli_validates_materializes_and_executes_from_the_repository_roo
     assert validate.returncode == 0, validate.stderr[-2000:]
 
     lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
-    # No vendor key: the replay servers start in the run's process.
+    # No vendor key: the replay servers start in the run's process. Dagster's default executor
+    # starts a process per step (a second or more each): the first command, one step, keeps it;
+    # the others (bars_job: nine steps) take the in-process one.
+    in_process = ["--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})]
     universe = run([str(BIN / "dagster"), "asset", "materialize", "-m", "market_platform.definitions",
                     "--select", "ticker_universe", "--partition", "us_equities"], env)
     assert universe.returncode == 0, universe.stderr[-2000:]
     assert lake.partitions("universe")[0]["category"] == "us_equities"
     materialize = run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "market_platform.definitions",
-         "--select", "minute_bars", "--partition", "2024-11-29"], env)
+         "--select", "minute_bars", "--partition", "2024-11-29", *in_process], env)
     assert materialize.returncode == 0, materialize.stderr[-2000:]
     assert lake.count("minute_bars", "2024-11-29") > 0
 
     execute = run(
         [str(BIN / "dagster"), "job", "execute", "-m", "market_platform.definitions", "-j", "bars_job",
-         "--tags", json.dumps({"dagster/partition": "2024-11-26"})], env)
+         "--tags", json.dumps({"dagster/partition": "2024-11-26"}), *in_process], env)
     assert execute.returncode == 0, execute.stderr[-2000:]
     symbols = lake.query("SELECT count(DISTINCT symbol) AS n FROM minute_bars WHERE date = '2024-11-26'")["n"][0].as_py()
     assert lake.count("bars_1d", "2024-11-26") == symbols > 0
@@ -162,7 +173,7 @@ def assert_one_line(result, *fragments: str) -> None:
 def test_settings_that_would_fail_a_run_are_one_line_before_any_run(tmp_path, make_database, replay):
     home, url = tmp_path / "home", make_database("postgres")
     clean = {name: None for name in os.environ if name.startswith(("ALPACA_", "POLYGON_", "MARKET_", "DAGSTER_"))}
-    base = {**clean, "MARKET_PLATFORM_HOME": str(home), "MARKET_DB_URL": url}
+    base = {**clean, "MARKET_PLATFORM_HOME": str(home), "MARKET_DB_URL": url, "MARKET_HISTORY_START": HISTORY_START}
     (tmp_path / "a-file").write_text("not a lake")
     alpaca_only = {**base, **{k: v for k, v in replay.env(rates=True).items() if k.startswith("ALPACA_")}}
     for args, env, fragments in (

@@ -45,6 +45,9 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
     for name in [n for n in os.environ if n.startswith(("POLYGON_", "ALPACA_"))]:
         del os.environ[name]
     os.environ["MARKET_SIM_STOCKS"] = str(stocks)
+    # One simulated market whatever the entry point: later commands and the UI's runs of this
+    # home serve the demo's (unless MARKET_SIM_STOCKS says otherwise).
+    settings.keep_sim_market(*settings.sim_market_size())
     store = _store()
     applied = store.init_schema()
     store.maintain()
@@ -94,7 +97,9 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
         click.echo("")
         stream_demo_session(last, store_url=store.url, echo=click.echo)  # the market MARKET_SIM_* configure
     click.echo(f"\nbuilt {len(days)} sessions of {stocks} simulated stocks through the replay servers "
-               f"{'and streamed one into the tick store ' if stream else ''}in {time.monotonic() - started:.0f}s")
+               f"{'and streamed one into the tick store ' if stream else ''}in {time.monotonic() - started:.0f}s; "
+               f"later commands of this home serve the same market ({settings.home() / settings.SIM_MARKET_FILE}, "
+               f"unless {settings.SIM_STOCKS_VAR} is set)")
     click.echo(
         "\nnext:\n"
         "  make ui                                       # the Dagster UI: assets, partitions, the backfill and its runs\n"

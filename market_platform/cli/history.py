@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from datetime import datetime
 
@@ -132,7 +131,7 @@ def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: st
     `assets` of theirs, with a progress bar."""
     import dagster as dg
 
-    from market_platform import backfills
+    from market_platform import backfills, progress
     from market_platform.definitions import defs
     from market_platform.defs.bars.assets import TIMEFRAME_ASSETS
 
@@ -145,16 +144,15 @@ def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: st
     tags = {"market_platform/timeframes": ",".join(timeframes)} if timeframes else {}
     for abandoned in backfills.reap_abandoned(instance):
         click.echo(f"backfill {abandoned} lost its process: marked failed (this one resumes its work)", err=True)
-    with click.progressbar(length=len(set(days)), label=f"{label}: {len(set(days))} sessions",
-                           file=sys.stderr, show_pos=True) as bar:
+    with progress.shown(), progress.task(f"{title}: {len(set(days))} sessions", total=len(set(days))) as advance:
         if backfills.daemon_running(instance):
             backfill_id = backfills.submit(instance, definitions, keys, days, run_config=run_config, title=title,
                                            tags=tags)
-            click.echo(f"\nsubmitted backfill {backfill_id} to the running dagster-daemon", err=True)
-            outcome = backfills.follow(instance, definitions, backfill_id, len(set(days)), bar.update)
+            click.echo(f"submitted backfill {backfill_id} to the running dagster-daemon", err=True)
+            outcome = backfills.follow(instance, definitions, backfill_id, len(set(days)), advance)
         else:
             outcome = backfills.run_here(instance, definitions, keys, days, run_config=run_config, title=title,
-                                         on_progress=bar.update, tags=tags, logging_config=QUIET["loggers"])
+                                         on_progress=advance, tags=tags, logging_config=QUIET["loggers"])
     if not outcome.success:
         failed = f"{len(outcome.failed)} of {outcome.sessions} sessions failed" if outcome.failed else "it failed"
         again = "; run the same command again to resume" if outcome.resumable else ""
