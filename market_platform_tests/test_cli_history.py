@@ -63,13 +63,20 @@ def assert_refused(result: subprocess.CompletedProcess, env: dict[str, str], *fr
     (["backfill", "--from", "2024-11-25", "--to", "2024-11-26", "--tickers", "AAPL,ZZZZ"],
      ["Polygon does not list ZZZZ on 2024-11-25 or 2024-11-26"]),
     (["backfill", "--from", "2024-11-25", "--to", "2024-11-26"], ["no stocks universe snapshot", "discover"]),
+])
+def test_bad_input_is_one_error_line_and_writes_nothing(history_env, args, fragments):
+    assert_refused(run(args, history_env), history_env, *fragments)
+
+
+@pytest.mark.parametrize("args, fragments", [
     (["backfill", "--from", "2023-12-27", "--to", "2024-01-03"],
      ["session 2023-12-27 is before the history start 2024-01-02", "set MARKET_HISTORY_START=2023-12-27"]),
     (["materialize", "--select", "minute_bars", "--partition", "2023-12-29"],
      ["session 2023-12-29 is before the history start 2024-01-02"]),
 ])
-def test_bad_input_is_one_error_line_and_writes_nothing(history_env, args, fragments):
-    assert_refused(run(args, history_env), history_env, *fragments)
+def test_sessions_before_the_history_start_are_refused(history_env, args, fragments):
+    env = {**history_env, "MARKET_HISTORY_START": "2024-01-02"}
+    assert_refused(run(args, env), env, *fragments)
 
 
 def test_a_rejected_key_is_named_as_the_problem_and_never_shown(history_env):

@@ -69,7 +69,7 @@ def test_trading_days_partitions_follow_the_exchange_calendar():
     for holiday in ("2024-07-04", "2024-12-25", "2025-01-09"):  # 2025-01-09: national day of mourning
         assert holiday not in keys
     assert HALF_DAY in keys and "2024-11-30" not in keys
-    assert trading_days("2004-01-02").get_partition_keys()[0] == "2004-01-02"  # the calendar's first session
+    assert trading_days("2024-01-01").get_partition_keys()[0] == "2024-01-02"  # from the first session on
 
 
 def test_history_start_defaults_to_last_january_and_honours_the_setting(monkeypatch):

@@ -169,4 +169,4 @@ def test_snapshots_cli_polls_processes_and_reports(tmp_path, make_database) -> N
     bad = CliRunner().invoke(main, ["snapshots", "--speed", "fast"], env={"MARKET_PLATFORM_HOME": str(tmp_path)})
     assert bad.exit_code == 2 and "error: --speed 'fast': expected a number" in bad.output
     own = CliRunner().invoke(main, ["snapshots", "--stocks", "20"], env={"MARKET_PLATFORM_HOME": str(tmp_path)})
-    assert own.exit_code == 2 and "No such option: --stocks" in own.output  # no market of its own
+    assert own.exit_code == 2 and "No such option '--stocks'" in own.output  # no market of its own
