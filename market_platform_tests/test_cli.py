@@ -110,6 +110,8 @@ def test_demo_backfills_through_the_replay_servers(env, monkeypatch):
 
     monkeypatch.setenv("MARKET_DB_URL", env["MARKET_DB_URL"])
     with dg.DagsterInstance.from_config(str(Path(env["MARKET_PLATFORM_HOME"]) / "dagster")) as instance:
+        with instance.event_log_storage.index_connection() as conn:  # run events: no wait for the disk each
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
         for name in ("daily_metrics", "intraday_metrics", "return_features", "return_forecast", "minute_bars"):
             assert instance.get_materialized_partitions(dg.AssetKey(name)) == set(days), name
         records = instance.get_run_records()
@@ -125,7 +127,7 @@ def test_demo_backfills_through_the_replay_servers(env, monkeypatch):
             for r in records]
 
 
-def test_dagster_cli_validates_materializes_and_executes_from_the_repository_root(env):
+def test_dagster_cli_validates_materializes_and_executes_from_the_repository_root(env, tmp_path):
     validate = run([str(BIN / "dagster"), "definitions", "validate"], env)
     assert validate.returncode == 0, validate.stderr[-2000:]
 
@@ -134,6 +136,7 @@ def test_dagster_cli_validates_materializes_and_executes_from_the_repository_roo
     # starts a process per step (a second or more each): the first command, one step, keeps it;
     # the others (bars_job: nine steps) take the in-process one.
     in_process = ["--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})]
+    (tmp_path / "in_process.yaml").write_text("execution:\n  config:\n    in_process: {}\n")
     universe = run([str(BIN / "dagster"), "asset", "materialize", "-m", "market_platform.definitions",
                     "--select", "ticker_universe", "--partition", "us_equities"], env)
     assert universe.returncode == 0, universe.stderr[-2000:]
@@ -146,7 +149,7 @@ def test_dagster_cli_validates_materializes_and_executes_from_the_repository_roo
 
     execute = run(
         [str(BIN / "dagster"), "job", "execute", "-m", "market_platform.definitions", "-j", "bars_job",
-         "--tags", json.dumps({"dagster/partition": "2024-11-26"}), *in_process], env)
+         "--tags", json.dumps({"dagster/partition": "2024-11-26"}), "-c", str(tmp_path / "in_process.yaml")], env)
     assert execute.returncode == 0, execute.stderr[-2000:]
     symbols = lake.query("SELECT count(DISTINCT symbol) AS n FROM minute_bars WHERE date = '2024-11-26'")["n"][0].as_py()
     assert lake.count("bars_1d", "2024-11-26") == symbols > 0
