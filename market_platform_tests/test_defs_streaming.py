@@ -306,14 +306,14 @@ def test_live_tables_freshness_check_runs_on_every_live_table(stream_db) -> None
 
 
 def test_the_stream_subscribes_to_the_universe_in_force_on_the_session(tick_store, sim) -> None:
-    from market_platform.defs.streaming.jobs import _universe
-
     early = pa.concat_tables([sim.universe(c, date(2024, 11, 20)) for c in ("us_equities", "etf")])
     late = sim.universe("us_equities", date(2024, 11, 27))
     late = late.filter(pc.invert(pc.equal(late["symbol"], late["symbol"][0])))  # one ticker fewer
     tick_store.write_universe(early)
     tick_store.write_universe(late)
-    assert _universe(tick_store, "2024-11-26") == sorted(early["symbol"].to_pylist())
+    assert tick_store.universe_symbols("2024-11-26") == sorted(early["symbol"].to_pylist())
     after = set(late["symbol"].to_pylist()) | set(sim.universe("etf", date(2024, 11, 20))["symbol"].to_pylist())
-    assert _universe(tick_store, "2024-11-29") == sorted(after)
-    assert _universe(tick_store, "2024-11-01") == []  # before any snapshot: none, never a later one
+    assert tick_store.universe_symbols("2024-11-29") == sorted(after)
+    assert tick_store.universe_symbols(date(2024, 11, 1)) == []  # before any snapshot: none, never a later one
+    assert tick_store.universe_symbols("2024-11-29", categories=["etf"]) == sorted(
+        sim.universe("etf", date(2024, 11, 20))["symbol"].to_pylist())

@@ -180,3 +180,34 @@ def test_live_tables_say_the_window_they_read(make_database, metrics_lake, sim, 
     assert bounded.exit_code == 0, bounded.output
     assert bounded.stderr.startswith(f"live.bars_1m: read ts from {DAY} 09:30 New York to {DAY} 16:00 New York, "
                                      "symbols AAPL: ")
+
+
+def test_live_rollups_are_read_like_the_other_live_tables(make_database, metrics_lake, sim, monkeypatch):
+    bars = sim.minute_bars(DAY, ["AAPL", "MSFT"])
+    with TickStore(make_database("postgres")) as store:
+        store.init_schema()
+        store.write_bars(bars)  # the rollups of these minutes are pending: the read refreshes them first
+        session = calendar.session(DAY)
+        start = session.regular_open - timedelta(minutes=30)  # 09:00 New York, an hour's start
+        hourly = store.read_bars("1h", start, session.regular_close, symbols=["AAPL"])
+        text = ("SELECT ts, close FROM live.bars_1h WHERE symbol = 'AAPL' AND ts >= "
+                f"TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ "
+                f"'{session.regular_close.isoformat()}' ORDER BY ts")
+        table, (fetched,) = q.run(text, lake=metrics_lake, store=store)
+        assert table["close"].to_pylist() == hourly["close"].to_pylist() and table.num_rows == 7
+        assert fetched.symbols == ["AAPL"] and fetched.start == start
+        daily = store.read_bars("1d", session.start - timedelta(hours=4), session.end)
+    # Without a lower bound on ts, from the bucket that holds the latest session's start (a day's
+    # bar starts at midnight New York, before the 04:00 session start), and said so on stderr.
+    monkeypatch.setenv("MARKET_LAKE_URL", str(metrics_lake.url))
+    monkeypatch.setenv("MARKET_DB_URL", store.url)
+    since = CliRunner().invoke(main, ["query", "--since", session.start.isoformat(),
+                                      "SELECT symbol, close FROM live.bars_1d ORDER BY symbol"])
+    assert since.exit_code == 0, since.output
+    assert since.stdout.split()[2:] == [v for r in daily.to_pylist() for v in (r["symbol"], str(r["close"]))]
+    assert since.stderr == (f"live.bars_1d: read ts from {DAY} 00:00 New York to now (no lower bound on ts in the "
+                            "SQL: --since): 2 rows\n")
+    for name in ("bars_5m", "bars_15m"):
+        result = CliRunner().invoke(main, ["query", "--since", session.start.isoformat(),
+                                           f"SELECT count(*) AS n FROM live.{name}"])
+        assert result.exit_code == 0 and result.stderr.startswith(f"live.{name}: read ts from {DAY} 04:00 New York")

@@ -26,7 +26,7 @@ from market_platform.sources.alpaca import AlpacaSource
 from market_platform.sources.vendor import RetryPolicy
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming import Streamer
-from market_platform.streaming.repair import alpaca_history
+from market_platform.streaming.repair import RepairWorker, alpaca_history
 from market_platform_tests.fixtures.sim import SIM_DAY
 from market_platform_tests.fixtures.stream import stream_config, window
 
@@ -328,3 +328,75 @@ def test_the_snapshots_table_is_the_same_on_both_variants():
     assert set(_calls(statements)) == {"create_hypertable", "add_retention_policy"}
     [call] = [s.funccall for s in statements if isinstance(s, ast.CallStmt)]  # the columnstore, 2.18's names
     assert call.funcname[-1].sval == "add_columnstore_policy"
+
+
+def _stalled_session(store, replay, replay_factory, tmp_path) -> tuple[datetime, datetime, tuple[str, ...]]:
+    """A stream of 10:00-10:12 New York with AAPL and MSFT silent 10:03-10:08, and its snapshots;
+    returns the window and the stream's symbols."""
+    start, end = window("10:00", 12)
+    stream = replay_factory(start=start, end=end)
+    stream.stall(["AAPL", "MSFT"], 5, at=start + 3 * MINUTE)
+    config = stream_config(stream, start, end, tmp_path)
+    Streamer(config, store_url=store.url).run()
+    clock = PollClock(start, speed=None)
+    replay.clock = clock.now
+    queue = TableQueue(store)
+    poll_window(queue, SnapshotVendor.polygon(replay.polygon_source()), minute_marks(start, end), clock, store=store)
+    drain(queue, store)
+    return start, end, config.symbols
+
+
+def _gaps(store: TickStore) -> list[tuple]:
+    return [(g["kind"], g["symbols"], g["gap_start"], g["gap_end"], g["detected_by"], g["repaired_at"] is not None)
+            for g in _rows(store, "SELECT * FROM stream_gaps ORDER BY id")]
+
+
+def test_one_gap_row_per_silence_whoever_detects_it(store, replay, replay_factory, stream_sim, tmp_path):
+    start, end, symbols = _stalled_session(store, replay, replay_factory, tmp_path)
+    stall_start, stall_end = start + 3 * MINUTE, start + 8 * MINUTE
+    found = feed_health.check_feed(store, start, end)  # recorded, not repaired yet
+    assert found.recorded == 2
+    with AlpacaReplay(ReplayData(SimProvider(stream_sim)), keys={"k": "s"}) as rest:
+        history = alpaca_history(AlpacaSource("k", "s", data_url=rest.url, trading_url=rest.url, rate_limit=None,
+                                              feed="sip"))
+        # The stream's own minute check over the same minutes (as during a run, before its final
+        # sweep) finds the same silence: it adds itself as a witness of the stalls, records no
+        # second row, and the sweep repairs them.
+        worker = RepairWorker(lambda: TickStore(store.url), "alpaca_stocks_iex", history,
+                              symbols, (start, end), delay=0)
+        worker.start()
+        worker.watch(int((end + 2 * MINUTE).timestamp()) * 10**9)
+        worker.close()
+        worker.sweep(end)
+        again = feed_health.check_feed(store, start, end, history=history)
+    assert worker.gaps_found == 0 and not worker.failures
+    assert _gaps(store) == [
+        ("silent_stall", "{AAPL}", stall_start, stall_end, "{feed_health,minute_check}", True),
+        ("silent_stall", "{MSFT}", stall_start, stall_end, "{feed_health,minute_check}", True)]
+    assert (again.recorded, again.extended) == (0, 0)
+
+
+def test_a_silence_the_minute_check_recorded_is_not_a_second_stall(store, replay, replay_factory, stream_sim,
+                                                                   tmp_path):
+    start, end, symbols = _stalled_session(store, replay, replay_factory, tmp_path)
+    with AlpacaReplay(ReplayData(SimProvider(stream_sim)), keys={"k": "s"}) as rest:
+        history = alpaca_history(AlpacaSource("k", "s", data_url=rest.url, trading_url=rest.url, rate_limit=None,
+                                              feed="sip"))
+        worker = RepairWorker(lambda: TickStore(store.url), "alpaca_stocks_iex", history,
+                              symbols, (start, end), delay=0)
+        worker.sweep(end)
+        found = feed_health.check_feed(store, start, end, history=history)
+    assert worker.gaps_found == 1 and found.stalls == [] and found.recorded == 0
+    [gap] = _gaps(store)
+    assert gap[0] == "disconnect" and gap[4] == "{minute_check,feed_health}" and gap[5]
+
+
+def test_refilled_minutes_are_not_stalls(store, replay, replay_factory, stream_sim, tmp_path):
+    start, end, symbols = _stalled_session(store, replay, replay_factory, tmp_path)
+    bars = stream_sim.minute_bars(SIM_DAY, ["AAPL", "MSFT"])
+    bars = bars.filter(pc.and_(pc.greater_equal(bars["ts"], pa.scalar(start + 3 * MINUTE, bars["ts"].type)),
+                               pc.less(bars["ts"], pa.scalar(start + 8 * MINUTE, bars["ts"].type))))
+    source = bars.schema.get_field_index("source")
+    store.write_bars(bars.set_column(source, "source", pa.array(["alpaca_rest"] * bars.num_rows)))  # a REST refill
+    found = feed_health.check_feed(store, start, end)
+    assert found.stream == "alpaca_stocks_iex" and found.stalls == [] and _gaps(store) == []

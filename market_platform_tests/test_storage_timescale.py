@@ -7,6 +7,7 @@ import threading
 from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -243,6 +244,21 @@ def test_bars_upsert_replaces_corrections_only(tick_store: TickStore) -> None:
     assert back.num_rows == 121
     expected = pa.concat_tables([bars.slice(0, 5), corrected, bars.slice(6, 1), fixed, bars.slice(8), other])
     _assert_same_rows(back, expected, ["symbol", "ts", "source"])
+
+
+def test_a_write_rolled_back_leaves_the_next_one_working(db_url: str) -> None:
+    # The first write on a connection creates its staging table; a write that fails rolls its
+    # transaction back, and the next write on the same connection must find the table again.
+    quotes = synthetic.quotes(20, symbols=2, seed=5)
+    bad = quotes.set_column(quotes.schema.get_field_index("symbol"), QUOTES.field("symbol"),
+                            pa.array(["A\x00PL"] * quotes.num_rows))
+    with TickStore(db_url) as store:
+        with pytest.raises(psycopg.errors.CharacterNotInRepertoire):  # NUL: PostgreSQL's text refuses it
+            store.write_quotes(bad)
+        assert store.write_quotes(quotes) == 20
+        assert store.write_bars(synthetic.bars(3, symbols=1)) == 3
+    with TickStore(db_url) as store:
+        assert store.read_arrow("SELECT count(*) AS n FROM quotes").column("n").to_pylist() == [20]
 
 
 def test_bad_input_is_refused_by_name(tick_store: TickStore) -> None:
@@ -500,6 +516,27 @@ def test_read_arrow_types_columns_by_schema_and_by_postgres_type(tick_store: Tic
         "symbol": "AAPL", "ts": pd.Timestamp("2024-03-01 14:30:00.123456", tz="UTC"), "n": 3, "r": 2.5,
         "d": date(2024, 3, 1), "b": True, "missing": None, "empty": "", "big": 1e20, "tricky": 'a,"b"\nc',
     }
+
+
+def test_read_arrow_types_a_table_by_its_own_columns(tick_store: TickStore) -> None:
+    # stream_stats.minute shares its name with the snapshots' `minute`, not their type: it reads
+    # as PostgreSQL's timestamptz; market_snapshots.minute keeps the snapshots schema's type.
+    minute = datetime(2024, 3, 1, 14, 31, tzinfo=UTC)
+    tick_store.write_stream_stats([{"stream": "stocks", "minute": minute, "received": 1}])
+    stats = tick_store.read_arrow("SELECT minute FROM stream_stats")
+    assert stats.schema.field("minute").type == pa.timestamp("us", "UTC")
+    assert stats.column("minute").to_pylist() == [minute]
+    snapshots = tick_store.read_arrow("SELECT minute FROM market_snapshots")
+    assert snapshots.schema.field("minute").type == SNAPSHOTS.field("minute").type
+
+
+def test_read_arrow_reads_values_longer_than_a_parse_block(tick_store: TickStore) -> None:
+    raw = bytes(range(256)) * 8192  # 2 MiB: 4 MiB of hex in the COPY
+    tick_store.write_dead_letters([{"stream": "stocks", "reason": "a 2 MB frame", "raw": raw}])
+    letters = tick_store.read_arrow("SELECT stream, raw, length(raw) AS n FROM dead_letters")
+    assert letters.to_pylist() == [{"stream": "stocks", "raw": "\\x" + raw.hex(), "n": len(raw)}]
+    many = tick_store.read_arrow("SELECT repeat('x', 3000000) AS big, g AS n FROM generate_series(1, 3) g")
+    assert [len(v) for v in many.column("big").to_pylist()] == [3_000_000] * 3
 
 
 def test_a_store_serves_threads_and_reconnects(tick_store: TickStore) -> None:

@@ -230,3 +230,39 @@ def test_a_subscription_over_the_symbol_limit_stops_with_a_clear_error(stream_db
     replay = replay_factory(start=start, end=end, symbol_limit=5)  # 405 after the subscribe
     with pytest.raises(VendorError, match="405 symbol limit exceeded"):
         Streamer(stream_config(replay, start, end, tmp_path), store_url=stream_db).run()
+
+
+def test_a_shared_replay_of_a_wider_window_stores_the_runs_window_and_subscription_only(
+        stream_db, replay_factory, stream_sim, tmp_path) -> None:
+    # One replay serves 09:30-09:45 (as a replay-server shares a whole session); the run asks for
+    # 09:35-09:38 of three symbols: it stores exactly those, and the messages of the feed before
+    # and after its window are counted as outside it, neither stored nor dead letters.
+    served_start, served_end = window("09:30", 15)
+    start, end = window("09:35", 3)
+    replay = replay_factory(start=served_start, end=served_end)
+    symbols = replay.symbols_for("stocks")[:3]
+    report = Streamer(stream_config(replay, start, end, tmp_path, symbols=tuple(symbols)), store_url=stream_db).run()
+    quotes, trades, bars = (_read(stream_db, t) for t in ("quotes", "trades", "bars_1m"))
+    assert _quote_keys(quotes) == _quote_keys(stream_sim.quotes(SIM_DAY, symbols, start=start, end=end))
+    assert _trade_keys(trades) == _trade_keys(stream_sim.trades(SIM_DAY, symbols, start=start, end=end))
+    assert _bars(bars) == _bars(_in_window(stream_sim.minute_bars(SIM_DAY, symbols), start, end))
+    assert report.dead_letters == 0 and db_rows(stream_db, "SELECT count(*) AS n FROM dead_letters")[0]["n"] == 0
+    assert report.outside_window > 0 and report.gaps == 0
+    # The server sent nothing but the subscription.
+    assert set(replay.sent_counts()["quotes"]) == set(symbols)
+
+
+def test_a_run_stops_reading_a_feed_that_goes_on_past_its_window(stream_db, replay_factory, stream_sim,
+                                                                 tmp_path) -> None:
+    served_start, served_end = window("09:30", 120)
+    start, end = window("09:35", 3)
+    replay = replay_factory(start=served_start, end=served_end, speed=120.0)  # two hours in a minute
+    symbols = replay.symbols_for("stocks")[:3]
+    report = Streamer(stream_config(replay, start, end, tmp_path, symbols=tuple(symbols)), store_url=stream_db).run()
+    assert _bars(_read(stream_db, "bars_1m")) == _bars(_in_window(stream_sim.minute_bars(SIM_DAY, symbols), start, end))
+    # It ended once the feed was a minute past its end, not when the replay ran out two hours later.
+    late = end + 10 * MINUTE
+    within = sum(t.num_rows for t in (stream_sim.quotes(SIM_DAY, symbols, start=served_start, end=late),
+                                      stream_sim.trades(SIM_DAY, symbols, start=served_start, end=late),
+                                      _in_window(stream_sim.minute_bars(SIM_DAY, symbols), served_start, late)))
+    assert 0 < report.outside_window + report.quotes + report.trades + report.bars <= within

@@ -255,3 +255,17 @@ def test_a_spool_entry_that_cannot_be_written_is_set_aside_and_others_streams_st
                                                                          for r in letters)
     assert all(r["raw"] for r in letters)  # the entry's bytes, whole
     assert [spool.header(s)["stream"] for s in spool._seqs()] == ["theirs"]
+
+
+def test_messages_of_the_feed_outside_the_window_are_counted_not_stored() -> None:
+    start = datetime(2024, 11, 26, 14, 0, tzinfo=UTC)
+    start_ns = int(start.timestamp()) * 1_000_000_000
+    converter = Converter("test", symbols=["AAPL"], window=(start, start + timedelta(minutes=5)))
+    minute = 60 * 1_000_000_000
+    messages = [_quote(ns=start_ns - 3 * 3600 * 1_000_000_000),  # the same session, hours before: outside
+                _quote(ns=start_ns - 1), _quote(ns=start_ns), _quote(ns=start_ns + 5 * minute - 1),
+                _quote(ns=start_ns + 5 * minute),  # the window's end: the next run's
+                _quote(ns=0)]  # 1970: no feed sends that, a dead letter
+    result = converter.convert("quotes", messages)
+    assert pc.cast(result.table["ts"], pa.int64()).to_pylist() == [start_ns, start_ns + 5 * minute - 1]
+    assert result.outside == 3 and [d["reason"] for d in result.dead] == ["timestamp outside the stream's window"]

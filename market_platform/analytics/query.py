@@ -18,6 +18,9 @@ available offline), only those the SQL names, and only the rows it can need:
   of the latest session (`since` overrides that default). A table read twice with different
   filters gets the union of both ranges. DuckDB still applies the full query, so these bounds
   only decide what is copied, never the answer within them.
+- the rollups (bars_5m, bars_15m, bars_1h, bars_1d: buckets of bars_1m, keyed by the bucket's
+  start `ts`) are fetched the same way, from the bucket holding the default start, with their
+  buckets in the window refreshed first where late minutes left them stale (`read_bars`).
 - other tables (stream_stats, stream_gaps, dead_letters, universe, alerts) are fetched whole.
 
 Read-only and sandboxed: one SELECT statement (DESCRIBE, SHOW and SUMMARIZE are SELECTs too),
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 import duckdb
@@ -46,10 +49,15 @@ from psycopg import sql
 from market_platform import calendar
 from market_platform.errors import InvalidInputError
 from market_platform.storage.lake import Lake
+from market_platform.storage.refresh import ROLLUPS, bucket_start
 from market_platform.storage.timescale import LIVE_TABLES, TABLES, TickStore
 
 SCHEMA = "live"
-LIVE_QUERYABLE = (*TABLES, "alerts")
+#: The rollups of bars_1m by table name (bars_5m ...), and their timeframes ("5m" ...).
+ROLLUP_TABLES: dict[str, str] = {name: timeframe for timeframe, (name, _) in ROLLUPS.items()}
+#: The tables read by a window of `ts` (and symbols), not whole.
+WINDOWED = (*LIVE_TABLES, *ROLLUP_TABLES)
+LIVE_QUERYABLE = (*TABLES, *ROLLUP_TABLES, "alerts")
 
 _LOWER = {"COMPARE_GREATERTHAN", "COMPARE_GREATERTHANOREQUALTO"}
 _UPPER = {"COMPARE_LESSTHAN", "COMPARE_LESSTHANOREQUALTO"}
@@ -290,10 +298,12 @@ def default_since(now: datetime | None = None) -> datetime:
 
 def plan(text: str, table: str, *, since: datetime | None = None, tree: dict | None = None) -> Fetch:
     """What to copy of `live.<table>` for `text`: the hull of every reference's bounds."""
-    references = pushdown(text, table, tree) if table in LIVE_TABLES else []
-    if table not in LIVE_TABLES:
+    references = pushdown(text, table, tree) if table in WINDOWED else []
+    if table not in WINDOWED:
         return Fetch(table, None, None, None, references=references)
     fallback = since or default_since()
+    if table in ROLLUP_TABLES:  # the bucket holding it (a day's bar starts at midnight New York)
+        fallback = bucket_start(table, fallback)
     starts = [b.start or fallback for b in references] or [fallback]
     ends = [b.end for b in references]
     symbol_sets = [b.symbols for b in references]
@@ -310,7 +320,14 @@ def plan(text: str, table: str, *, since: datetime | None = None, tree: dict | N
 
 
 def fetch(store: TickStore, plan_: Fetch) -> pa.Table:
-    """The rows `plan_` asks for, from the tick store, as Arrow."""
+    """The rows `plan_` asks for, from the tick store, as Arrow. A rollup is read through
+    `read_bars`, which refreshes its buckets in the window that late minutes left stale."""
+    if plan_.table in ROLLUP_TABLES:
+        # read_bars' end is exclusive, the plan's inclusive; no end: every bucket started by now.
+        # (An empty window still reads [start, start]: DuckDB applies the SQL's own filters.)
+        end = plan_.end if plan_.end is not None else datetime.now(timezone.utc)
+        end = max(end, plan_.start) + timedelta(microseconds=1)
+        return store.read_bars(ROLLUP_TABLES[plan_.table], plan_.start, end, symbols=plan_.symbols)
     clauses, params = [], []
     if plan_.start is not None:
         clauses.append(sql.SQL("ts >= %s"))

@@ -42,9 +42,15 @@ class TickStoreResource(dg.ConfigurableResource):
                 trades_days=self.trades_retention_days,
                 bars_days=self.bars_retention_days,
             )
-            self._store = TickStore.from_settings(self.url, retention=retention)
-            # Idempotent and cheap once applied: a fresh database works on first use.
-            self._store.init_schema()
+            store = TickStore.from_settings(self.url, retention=retention)
+            # Idempotent and cheap once applied: a fresh database works on first use. Kept only
+            # once the schema is in, so a failed start is tried again by the next call.
+            try:
+                store.init_schema()
+            except BaseException:
+                store.close()
+                raise
+            self._store = store
         return self._store
 
 

@@ -8,6 +8,11 @@ up, so the stream's own reconnect logic never sees it. Connected means within th
 stream's per-minute statistics and outside every disconnect gap it recorded (a run that died and
 was relaunched records the gap between them too).
 
+A minute that has a bar from another source by the time of the check (refilled from REST or
+the simulated history) is not a stall, and neither is one inside a gap another detector has
+recorded already (a disconnect, the stream's own minute check): that gap gets `feed_health`
+among its detectors instead, so a silence is one row whoever sees it first.
+
 Each stall becomes a `stream_gaps` row of kind `silent_stall` (one per symbol and stretch of
 minutes; a stall that goes on extends its row), its quotes, trades and bars are refilled from
 the vendor's history through the stream's repair (`streaming.repair_gaps`), and it raises the
@@ -43,9 +48,12 @@ MINUTE = timedelta(minutes=1)
 MIN_SILENT_MINUTES = 3
 STALL_DATASET = "stream_stalls"
 
-#: One row per symbol and stretch of traded minutes the stream was silent in (see the module
-#: docstring). The islands are runs of a symbol's traded minutes, broken by a minute with a bar.
-FIND_STALLS_SQL = """
+#: Each traded minute of a carried symbol that the stream sent no live bar for, while connected
+#: (see the module docstring), with the gap of another detector that already holds it
+#: (`covered_by`: a disconnect, the stream's minute check) and whether it is still silent: no bar
+#: of any source (a minute refilled since, from REST or the simulated history, is not a stall),
+#: or one inside the symbol's own stall row (refilled by that stall's repair).
+_UNLIVE_MINUTES = """
 WITH spans AS (
     SELECT stream, min(minute) AS lo, max(minute) AS hi FROM stream_stats
     WHERE stream LIKE %(pattern)s AND minute >= %(start)s AND minute < %(end)s
@@ -62,19 +70,31 @@ traded AS (
     WHERE minute > %(start)s AND minute <= %(end)s + INTERVAL '1 minute'
       AND min_ts >= %(start)s AND min_ts < %(end)s AND min_volume > 0
 ),
-marked AS (
-    SELECT t.symbol, t.ts, l.ts IS NULL AS silent
+judged AS (
+    SELECT t.symbol, t.ts, l.ts IS NULL AS unlive,
+           (SELECT min(g.id) FROM stream_gaps g JOIN spans s USING (stream)
+            WHERE g.kind <> 'silent_stall' AND t.ts BETWEEN s.lo AND s.hi
+              AND g.gap_start < t.ts + INTERVAL '1 minute' AND coalesce(g.gap_end, 'infinity') > t.ts
+              AND (cardinality(g.symbols) = 0 OR t.symbol = ANY(g.symbols))) AS covered_by
     FROM traded t
     JOIN carried USING (symbol)
     CROSS JOIN horizon h
     LEFT JOIN live l ON l.symbol = t.symbol AND l.ts = t.ts
-    WHERE t.ts <= h.last AND EXISTS (
-        SELECT FROM spans s
-        WHERE t.ts BETWEEN s.lo AND s.hi AND NOT EXISTS (
-            SELECT FROM stream_gaps g
-            WHERE g.stream = s.stream AND g.kind <> 'silent_stall'
-              AND g.gap_start < t.ts + INTERVAL '1 minute' AND coalesce(g.gap_end, 'infinity') > t.ts))
+    WHERE t.ts <= h.last AND EXISTS (SELECT FROM spans s WHERE t.ts BETWEEN s.lo AND s.hi)
 ),
+marked AS (
+    SELECT j.symbol, j.ts, j.covered_by, j.unlive AND j.covered_by IS NULL AND (
+        NOT EXISTS (SELECT FROM bars_1m b WHERE b.symbol = j.symbol AND b.ts = j.ts)
+        OR EXISTS (SELECT FROM stream_gaps g JOIN spans s USING (stream)
+                   WHERE g.kind = 'silent_stall' AND g.symbols = ARRAY[j.symbol]
+                     AND g.gap_start <= j.ts AND g.gap_end > j.ts)) AS silent
+    FROM judged j
+)
+"""
+
+#: One row per symbol and stretch of silent minutes. The islands are runs of a symbol's traded
+#: minutes, broken by a minute that is not silent.
+FIND_STALLS_SQL = _UNLIVE_MINUTES + """,
 islands AS (
     SELECT symbol, ts, silent,
            sum(CASE WHEN silent THEN 0 ELSE 1 END) OVER (PARTITION BY symbol ORDER BY ts) AS island
@@ -85,6 +105,11 @@ FROM islands WHERE silent
 GROUP BY symbol, island
 HAVING count(*) >= %(min_minutes)s
 ORDER BY symbol, gap_start
+"""
+
+#: The gaps other detectors recorded that hold minutes the snapshots saw traded with no live bar.
+WITNESSED_SQL = _UNLIVE_MINUTES + """
+SELECT DISTINCT covered_by AS gap_id FROM judged WHERE unlive AND covered_by IS NOT NULL ORDER BY 1
 """
 
 #: The stream of `kind` that ran most in the window (the one a stall is filed under).
@@ -152,6 +177,12 @@ def find_stalls(store: TickStore, start: datetime, end: datetime, *, kind: str =
     return streams[0], [Stall(r["symbol"], r["gap_start"], r["gap_end"], int(r["silent_minutes"])) for r in rows]
 
 
+def witnessed_gaps(store: TickStore, start: datetime, end: datetime, *, kind: str = "stocks") -> list[int]:
+    """The ids of gaps recorded by other detectors (a disconnect, the stream's minute check) in
+    [start, end) that hold minutes the snapshots saw traded without a live bar (read only)."""
+    return store.read_arrow(WITNESSED_SQL, _params(kind, start, end)).column("gap_id").to_pylist()
+
+
 def check_feed(store: TickStore, start: datetime, end: datetime, *, kind: str = "stocks",
                history: History | None = None, alerter: Alerter | None = None,
                min_minutes: int = MIN_SILENT_MINUTES) -> FeedHealthReport:
@@ -162,6 +193,7 @@ def check_feed(store: TickStore, start: datetime, end: datetime, *, kind: str = 
     report = FeedHealthReport(stream, start, end, stalls)
     if stream is None:
         return report
+    store.witness_gaps(witnessed_gaps(store, start, end, kind=kind), "feed_health")  # one row per silence
     alert_rows = []
     for stall in stalls:
         reason = (f"silent stall: {stall.symbol} traded in {stall.silent_minutes} minutes by the snapshots "

@@ -5,7 +5,7 @@ behind their watermark are pending: see storage/refresh.py)."""
 from __future__ import annotations
 
 import io
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
@@ -21,6 +21,15 @@ from market_platform.storage.server import StoreConnection
 
 #: Arrow type of every column name the schemas define (they agree where names repeat).
 _SCHEMA_TYPES: dict[str, pa.DataType] = {f.name: f.type for s in SCHEMAS.values() for f in s}
+#: The relations whose columns are the schemas' (bars of every timeframe, quotes, trades, the
+#: universe, the snapshots). A column read straight from another table (stream_stats.minute)
+#: keeps its PostgreSQL type though its name is a schema's; a computed column (no table) is
+#: typed by its name.
+SCHEMA_RELATIONS = frozenset({"quotes", "trades", "bars_1m", "bars_5m", "bars_15m", "bars_1h", "bars_1d",
+                              "universe", "market_snapshots"})
+#: The CSV parser's block; a block must hold the longest row, so a read with longer values
+#: (a 2 MB message in dead_letters) is parsed again as one block.
+_BLOCK_BYTES = 1 << 20
 
 _OID_TYPES: dict[int, pa.DataType] = {
     16: pa.bool_(),
@@ -36,25 +45,36 @@ _OID_TYPES: dict[int, pa.DataType] = {
 }
 
 
-def _csv_to_arrow(data: bytes, description: Sequence[Any]) -> pa.Table:
+def _parse_csv(data: bytes, names: list[str], types: dict[str, pa.DataType], block: int) -> pa.Table:
+    return pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=block),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types, null_values=[""], strings_can_be_null=True,
+            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
+        ),
+    )
+
+
+def _csv_to_arrow(data: bytes, description: Sequence[Any], by_schema: Sequence[bool] | None = None) -> pa.Table:
+    """`data` (COPY CSV) as a table of the columns `description` names; `by_schema[i]` whether
+    column i takes the schemas' type of its name (default: every column)."""
     names = [column.name for column in description]
     if len(set(names)) != len(names):
         raise InvalidInputError(f"query returns duplicate column names {names}: alias them apart")
     types = {column.name: _OID_TYPES.get(column.type_code, pa.string()) for column in description}
     if data:
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=names),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=types, null_values=[""], strings_can_be_null=True,
-                quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
-            ),
-        )
+        try:
+            table = _parse_csv(data, names, types, _BLOCK_BYTES)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc):
+                raise
+            table = _parse_csv(data, names, types, len(data) + 1)
     else:
         table = pa.table({name: pa.array([], types[name]) for name in names})
     for index, name in enumerate(names):
-        wanted = _SCHEMA_TYPES.get(name)
+        wanted = _SCHEMA_TYPES.get(name) if by_schema is None or by_schema[index] else None
         if wanted is not None and table.schema.field(index).type != wanted:
             try:
                 table = table.set_column(index, name, table.column(index).cast(wanted))
@@ -64,6 +84,21 @@ def _csv_to_arrow(data: bytes, description: Sequence[Any]) -> pa.Table:
 
 
 
+#: The categories a stock stream or snapshot poll covers.
+STOCK_CATEGORIES = ("us_equities", "etf")
+
+#: Per category, the active symbols of the snapshot in force on the day: the latest on or before
+#: it, never a later one, which would list tickers not listed yet (the rule backfills follow too:
+#: `history.universe.session_symbols`).
+_UNIVERSE_SQL = """
+SELECT DISTINCT u.symbol FROM universe u
+WHERE u.category = ANY(%(categories)s) AND u.active
+  AND u.snapshot_date = (SELECT max(snapshot_date) FROM universe
+                         WHERE category = u.category AND snapshot_date <= %(day)s)
+ORDER BY u.symbol
+"""
+
+
 class Reads:
     """The readers of the database behind `connection`."""
 
@@ -71,13 +106,15 @@ class Reads:
         self._connection = connection
         self._schema = schema
         self._refresher = refresher
+        self._relations: dict[int, str] = {}  # pg_class oid -> name, of the relations read so far
 
     def read_arrow(self, query: sql.Composable | str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pa.Table:
         """The rows of a SELECT as an Arrow table, moved with COPY (CSV) and parsed by Arrow.
 
         Columns named as in `market_platform.schemas` get that schema's type (ts becomes
-        timestamp[ns, UTC]); others get the Arrow type of their PostgreSQL type (text, arrays,
-        json and the like as strings).
+        timestamp[ns, UTC]) unless they are read from a table the schemas do not describe
+        (`SCHEMA_RELATIONS`); others get the Arrow type of their PostgreSQL type (timestamptz
+        as timestamp[us, UTC]; text, arrays, bytea as hex, json and the like as strings).
         """
         statement = sql.SQL(query) if isinstance(query, str) else query
         with self._connection.session() as conn:
@@ -85,11 +122,27 @@ class Reads:
                 conn.execute("SET LOCAL TimeZone = 'UTC'")
                 cur = conn.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(statement), params)
                 description = cur.description
+                by_schema = self._by_schema(conn, [cur.pgresult.ftable(i) for i in range(len(description))])
                 buffer = io.BytesIO()
                 with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(statement), params) as copy:
                     for block in copy:
                         buffer.write(block)
-        return _csv_to_arrow(buffer.getvalue(), description)
+        return _csv_to_arrow(buffer.getvalue(), description, by_schema)
+
+    def _by_schema(self, conn, relations: list[int]) -> list[bool]:
+        """Per column, from the oid of the relation it is read from (0: computed), whether the
+        schemas' type of its name applies (see `SCHEMA_RELATIONS`)."""
+        unknown = sorted({oid for oid in relations if oid and oid not in self._relations})
+        if unknown:
+            self._relations.update(conn.execute(
+                "SELECT oid::bigint, relname::text FROM pg_class WHERE oid = ANY(%s::oid[])", (unknown,)).fetchall())
+        return [not oid or self._relations.get(oid) in SCHEMA_RELATIONS for oid in relations]
+
+    def universe_symbols(self, day: date | str, *, categories: Sequence[str] = STOCK_CATEGORIES) -> list[str]:
+        """The symbols of `categories` in the universe `ticker_universe` discovered, as in force
+        on `day` (the latest snapshot on or before it), sorted; empty when there is none."""
+        return self.read_arrow(_UNIVERSE_SQL, {"day": str(day), "categories": list(categories)}) \
+            .column("symbol").to_pylist()
 
     def read_bars(
         self,

@@ -234,8 +234,8 @@ class SnapshotStore:
             ).fetchone()
             if row is None:
                 gap_id = c.execute(
-                    "INSERT INTO stream_gaps (stream, gap_start, gap_end, symbols, reason, kind) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                    "INSERT INTO stream_gaps (stream, gap_start, gap_end, symbols, reason, kind, detected_by) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, ARRAY['feed_health']) RETURNING id",
                     (stream, start, end, [symbol], reason, STALL_KIND),
                 ).fetchone()[0]
                 return gap_id, "new"

@@ -177,12 +177,14 @@ class TickStore:
     write_stream_stats = _delegate("_writers", Writers.write_stream_stats)
     record_gap = _delegate("_writers", Writers.record_gap)
     close_gap = _delegate("_writers", Writers.close_gap)
+    witness_gaps = _delegate("_writers", Writers.witness_gaps)
     mark_gap_repaired = _delegate("_writers", Writers.mark_gap_repaired)
     mark_gap_repair_failed = _delegate("_writers", Writers.mark_gap_repair_failed)
     write_dead_letters = _delegate("_writers", Writers.write_dead_letters)
 
     read_arrow = _delegate("_reads", Reads.read_arrow)
     read_bars = _delegate("_reads", Reads.read_bars)
+    universe_symbols = _delegate("_reads", Reads.universe_symbols)
 
     write_snapshots = _delegate("_snapshots", SnapshotStore.write_snapshots)
     maintain_snapshots = _delegate("_snapshots", SnapshotStore.maintain_snapshots)

@@ -22,6 +22,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from market_platform.errors import InvalidInputError
 from market_platform.schemas import BARS, KEYS, QUOTES, TRADES, UNIVERSE, conform
@@ -150,12 +151,13 @@ class Writers:
             variant = self._schema.variant_of(conn)
             partitioned = target in LIVE_TABLES and variant == "postgres"
             skip = mode in ("ignore", "upsert") and self._skips(conn, variant, target, table)
+            stage = self._stage(conn, target) if mode != "append" else None
             for attempt in (1, 2):
                 if partitioned:
                     self._maintenance.ensure_partitions(conn, target, table.column("ts"))
                 try:
                     with conn.transaction():
-                        return self._copy_into(conn, target, table, mode, skip)
+                        return self._copy_into(conn, target, table, mode, skip, stage)
                 except psycopg.errors.CheckViolation as exc:
                     # A partition this store had seen was dropped since (maintain() elsewhere).
                     if attempt == 2 or not partitioned or "no partition" not in str(exc):
@@ -189,15 +191,22 @@ class Writers:
         return ranges
 
     def _stage(self, conn: psycopg.Connection, target: str) -> sql.Identifier:
+        """The connection's staging table for `target`, created once, in a transaction of its own:
+        created inside a write's, it would vanish with a write that rolls back while the cache
+        still names it."""
         name = f"_stage_{target}"
         if name not in self._connection.staged:
+            # Inside a caller's transaction the table lasts only as long as it: not cached then.
+            committed = conn.info.transaction_status == TransactionStatus.IDLE
             # Per connection; emptied at every commit, so a failed write leaves nothing behind.
-            conn.execute(
-                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(
-                    sql.Identifier(name), sql.Identifier(target)
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(
+                        sql.Identifier(name), sql.Identifier(target)
+                    )
                 )
-            )
-            self._connection.staged.add(name)
+            if committed:
+                self._connection.staged.add(name)
         return sql.Identifier(name)
 
     @staticmethod
@@ -229,11 +238,11 @@ class Writers:
             same=sql.SQL(" AND ").join(same),
         ))
 
-    def _copy_into(self, conn: psycopg.Connection, target: str, table: pa.Table, mode: str, skip: bool) -> int:
+    def _copy_into(self, conn: psycopg.Connection, target: str, table: pa.Table, mode: str, skip: bool,
+                   stage: sql.Identifier | None) -> int:
         into = sql.Identifier(target)
-        if mode == "append":
+        if stage is None:  # append
             return self._copy(conn, into, table)[1]
-        stage = self._stage(conn, target)
         columns, _ = self._copy(conn, stage, table)
         if skip:
             self._drop_stored(conn, target, stage, table, mode)
@@ -321,17 +330,31 @@ class Writers:
         *,
         reason: str,
         symbols: Sequence[str] = (),
+        detected_by: str = "stream",
     ) -> int:
-        """Record a gap of `stream` (gap_end None while it lasts); returns its id."""
+        """Record a gap of `stream` (gap_end None while it lasts) found by `detected_by`
+        (stream, minute_check, feed_health); returns its id."""
         aware(gap_start, "gap_start")
         if gap_end is not None and aware(gap_end, "gap_end") < gap_start:
             raise InvalidInputError(f"gap_end={gap_end} is before gap_start={gap_start}")
         with self._connection.session() as conn, conn.transaction():
             return conn.execute(
-                "INSERT INTO stream_gaps (stream, gap_start, gap_end, symbols, reason) "
-                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                (stream, gap_start, gap_end, list(symbols), reason),
+                "INSERT INTO stream_gaps (stream, gap_start, gap_end, symbols, reason, detected_by) "
+                "VALUES (%s, %s, %s, %s, %s, ARRAY[%s]) RETURNING id",
+                (stream, gap_start, gap_end, list(symbols), reason, detected_by),
             ).fetchone()[0]
+
+    def witness_gaps(self, gap_ids: Sequence[int], detector: str) -> int:
+        """Add `detector` to the detectors of the gaps `gap_ids` (a silence it found that another
+        detector had recorded already: one row per silence); returns the rows changed."""
+        if not gap_ids:
+            return 0
+        with self._connection.session() as conn, conn.transaction():
+            return conn.execute(
+                "UPDATE stream_gaps SET detected_by = array_append(detected_by, %s) "
+                "WHERE id = ANY(%s) AND NOT %s = ANY(detected_by)",
+                (detector, [int(i) for i in gap_ids], detector),
+            ).rowcount
 
     def close_gap(self, gap_id: int, gap_end: datetime) -> None:
         """Set the end of an open gap."""

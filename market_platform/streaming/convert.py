@@ -58,13 +58,16 @@ class Bounds:
     max_volume       a bar's volume above this is implausible
     max_trade_count  a bar's trade count above this is implausible
     time_tolerance   seconds a timestamp may lie before the window's start or after its end
+                     and still be the feed's own (a replay or a feed that serves more than the
+                     window, a clock a little off): such a message is counted as outside the
+                     window and not stored; one further out is a dead letter
     """
 
     max_price: float = 1e7
     max_size: float = 1e10
     max_volume: float = 1e13
     max_trade_count: int = 10**10
-    time_tolerance: float = 300.0
+    time_tolerance: float = 86_400.0
 
 
 def event_ns(msg: Any) -> int | None:
@@ -232,6 +235,8 @@ class Converted:
     filtered: int = 0  # quotes the change filter left out
     max_event_ns: int = 0  # the latest event time of a valid row inside the window (0: none)
     min_event_ns: int = 0  # the earliest event time of a valid row (0: none)
+    outside: int = 0  # valid rows of the feed outside the window (another run's): not stored
+    beyond_ns: int = 0  # the latest event time of a valid row after the window (0: none)
 
 
 class Converter:
@@ -281,12 +286,22 @@ class Converter:
             for row in np.flatnonzero(bad):
                 dead.append(self.dead_letter(reasons[row], msgs[index[row]], received_at))
             table = table.filter(pa.array(~bad))
+        outside = beyond_ns = 0
+        if self.window is not None and table.num_rows:
+            ts = pc.cast(table.column("ts"), pa.int64()).to_numpy()
+            inside = (ts >= self.window[0]) & (ts < self.window[1])
+            outside = int((~inside).sum())
+            if outside:
+                table = table.filter(pa.array(inside))
+                after = ts[ts >= self.window[1]]
+                beyond_ns = int(after.max()) + (MINUTE_NS if kind == "bars" else 0) if len(after) else 0
         filtered = 0
         if kind == "quotes" and self.change_filter and table.num_rows:
             keep = self._changed(table)
             filtered = int((~keep).sum())
             table = table.filter(pa.array(keep))
-        return Converted(table, dead, filtered, *self._event_range(kind, table))
+        return Converted(table, dead, filtered, *self._event_range(kind, table), outside=outside,
+                         beyond_ns=beyond_ns)
 
     def _event_range(self, kind: str, table: pa.Table) -> tuple[int, int]:
         """(latest, earliest) event time of the valid rows (a bar's is its minute's end), the

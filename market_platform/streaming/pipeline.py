@@ -155,6 +155,7 @@ class Pipeline:
         self._stop_now = False
         self._stop_now_event = threading.Event()
         self.converted_event_ns = 0  # the latest valid event time converted so far (the clock)
+        self.beyond_event_ns = 0  # the latest valid event time after the window (the feed has moved on)
         self.first_event_ns = 0      # the earliest valid event time of the first data converted
         self._held: Op | None = None  # a gap waiting for the first valid event after it
         self.failure: BaseException | None = None  # what ended the writer, if anything did
@@ -288,7 +289,7 @@ class Pipeline:
         received_at = datetime.fromtimestamp(unit.arrived or time.time(), UTC)
         tables: dict[str, pa.Table] = {}
         dead = list(unit.dead)
-        filtered = 0
+        filtered = outside = 0
         max_event_ns = min_event_ns = 0
         for kind in _KINDS:
             msgs = getattr(unit, kind)
@@ -297,12 +298,14 @@ class Pipeline:
                 tables[kind] = result.table
                 dead += result.dead
                 filtered += result.filtered
+                outside += result.outside
+                self.beyond_event_ns = max(self.beyond_event_ns, result.beyond_ns)
                 max_event_ns = max(max_event_ns, result.max_event_ns)
                 if result.min_event_ns:
                     min_event_ns = min(min_event_ns or result.min_event_ns, result.min_event_ns)
         if dead:
             tables["dead_letters"] = dead_letter_table(dead)
-        self.stats.add(dead_letters=len(dead), filtered=filtered)
+        self.stats.add(dead_letters=len(dead), filtered=filtered, outside_window=outside)
         self.converted_event_ns = max(self.converted_event_ns, max_event_ns)
         return Batch(tables, unit.arrived, max_event_ns, min_event_ns=min_event_ns)
 

@@ -237,10 +237,24 @@ def repair_gaps(store: TickStore, history: History, gaps: Sequence[Gap], *,
 # --------------------------------------------------------------------------- the minute check
 
 
+#: The recorded gaps of a stream that hold each (symbol, minute) given (ordinality `i`, from 1).
+COVERING_GAPS_SQL = """
+SELECT m.i, min(g.id) AS gap_id
+FROM unnest(%(symbols)s::text[], %(minutes)s::timestamptz[]) WITH ORDINALITY AS m(symbol, ts, i)
+JOIN stream_gaps g ON g.stream = %(stream)s AND g.gap_start < m.ts + INTERVAL '1 minute'
+     AND coalesce(g.gap_end, 'infinity') > m.ts AND (cardinality(g.symbols) = 0 OR m.symbol = ANY(g.symbols))
+GROUP BY m.i
+"""
+
+
 def incomplete_minutes(store: TickStore, history: History, symbols: Sequence[str], start: datetime,
-                       end: datetime) -> list[tuple[datetime, datetime, int]]:
+                       end: datetime, *, stream: str | None = None) -> list[tuple[datetime, datetime, int]]:
     """Runs of minutes in [start, end) where some symbol has a bar at the vendor but none in the
-    tick store, or fewer trades stored than the bar counts: (first minute, end, symbols short)."""
+    tick store, or fewer trades stored than the bar counts: (first minute, end, symbols short).
+
+    With `stream`, a symbol's minute inside a gap of that stream already recorded for it (by any
+    detector: a disconnect, an earlier check, the snapshots' stall detector) is not counted
+    again: one row per silence. Those gaps get `minute_check` among their detectors."""
     if end <= start or not symbols:
         return []
     expected = history.bars(list(symbols), start, end).select(["symbol", "ts", "trade_count"])
@@ -265,6 +279,8 @@ def incomplete_minutes(store: TickStore, history: History, symbols: Sequence[str
     trades = pc.fill_null(expected.column("trades"), 0).to_numpy(zero_copy_only=False)
     counted = pc.fill_null(expected.column("trade_count"), 0).to_numpy(zero_copy_only=False)
     short = ~has_bar | (trades < counted)
+    if stream is not None and short.any():
+        short &= ~_recorded(store, stream, expected, short)
     if not short.any():
         return []
     minutes = pc.cast(expected.column("ts"), pa.int64()).to_numpy()[short]
@@ -278,6 +294,20 @@ def incomplete_minutes(store: TickStore, history: History, symbols: Sequence[str
         else:
             runs.append((begin, begin + MINUTE, int(per_minute[minute])))
     return runs
+
+
+def _recorded(store: TickStore, stream: str, expected: pa.Table, short: np.ndarray) -> np.ndarray:
+    """Which rows of `expected` (symbol, ts) among `short` lie in a gap `stream` has recorded for
+    the symbol; those gaps are marked as seen by the minute check too."""
+    rows = np.flatnonzero(short)
+    picked = expected.take(pa.array(rows))
+    covering = store.read_arrow(COVERING_GAPS_SQL, {
+        "stream": stream, "symbols": picked.column("symbol").to_pylist(), "minutes": picked.column("ts").to_pylist()})
+    out = np.zeros(len(short), bool)
+    if covering.num_rows:
+        out[rows[covering.column("i").to_numpy() - 1]] = True
+        store.witness_gaps(sorted(set(covering.column("gap_id").to_pylist())), "minute_check")
+    return out
 
 
 # --------------------------------------------------------------------------- during a stream
@@ -414,7 +444,7 @@ class RepairWorker:
     def _check(self, store: TickStore, start: datetime, end: datetime) -> None:
         start, end = max(start, floor_minute(self.window[0])), min(end, ceil_minute(self.window[1]))
         try:
-            runs = incomplete_minutes(store, self.history, self.symbols, start, end)
+            runs = incomplete_minutes(store, self.history, self.symbols, start, end, stream=self.stream)
         except (MarketPlatformError, OSError, ValueError) as exc:  # the vendor: the minutes stay unchecked
             message = f"minutes {start:%H:%M}-{end:%H:%M} UTC not checked: {' '.join(str(exc).split())[:300]}"
             log.warning("%s: %s", self.stream, message)
@@ -426,7 +456,8 @@ class RepairWorker:
                       "minute on each side, where the silence may have begun or ended between two trades)")
             first = max(first - MINUTE, floor_minute(self.window[0]))
             last = min(last + MINUTE, self.window[1])
-            gap_id = store.record_gap(self.stream, first, last, reason=reason, symbols=self.symbols)
+            gap_id = store.record_gap(self.stream, first, last, reason=reason, symbols=self.symbols,
+                                      detected_by="minute_check")
             self.gaps_found += 1
             log.warning("%s: gap %d recorded: %s", self.stream, gap_id, reason)
             self._repaired(repair_gaps(store, self.history, [Gap(first, last, self.symbols, gap_id, reason)]))
@@ -473,13 +504,14 @@ class RepairWorker:
                 left.append(item)
         start, end = self.window
         gaps = store.read_arrow(
-            "SELECT id, gap_start, gap_end, reason FROM stream_gaps WHERE stream = %(stream)s "
+            "SELECT id, gap_start, gap_end, reason, array_to_string(symbols, ' ') AS symbols FROM stream_gaps WHERE stream = %(stream)s "
             "AND repaired_at IS NULL AND gap_start < %(end)s AND coalesce(gap_end, gap_start) >= %(start)s "
             "ORDER BY gap_start",
             {"stream": self.stream, "start": start, "end": end},
         ).to_pylist()
-        pending = [Gap(max(g["gap_start"], floor_minute(start)), min(g["gap_end"] or end, end), self.symbols,
-                       g["id"], g["reason"]) for g in gaps]
+        # A gap of a few symbols (a silent stall) is refilled for them only.
+        pending = [Gap(max(g["gap_start"], floor_minute(start)), min(g["gap_end"] or end, end),
+                       tuple(g["symbols"].split()) or self.symbols, g["id"], g["reason"]) for g in gaps]
         self._repaired(repair_gaps(store, self.history, pending,
                                    bars_until=lambda g: min(ceil_minute(g.end), ceil_minute(end))))
         for task in _merged(sorted(t for t in left if t.kind == "check")):  # after the gaps they may overlap

@@ -63,15 +63,16 @@ class StreamStats:
         self._lock = threading.Lock()
         self._current: MinuteStats | None = None
         self.totals: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
-        self.filtered = 0
+        self.filtered = 0  # quotes the change filter left out
+        self.outside_window = 0  # valid messages of the feed outside the run's window
         self.lag_total = LagHistogram()
 
     def add(self, **counts: int) -> None:
         with self._lock:
             current = self._minute()
             for name, value in counts.items():
-                if name == "filtered":
-                    self.filtered += value
+                if name in ("filtered", "outside_window"):  # totals only: no column per minute
+                    setattr(self, name, getattr(self, name) + value)
                     continue
                 current.counts[name] += value
                 self.totals[name] += value

@@ -178,6 +178,7 @@ class StreamReport:
     duplicates: int = 0
     dead_letters: int = 0
     filtered: int = 0
+    outside_window: int = 0  # valid messages of the feed before or after the window: not this run's
     errors: int = 0
     reconnects: int = 0
     gaps: int = 0
@@ -420,7 +421,7 @@ class Streamer:
                                                      totals["bars_inserted"])
         report.duplicates, report.dead_letters = totals["duplicates"], totals["dead_letters"]
         report.errors, report.reconnects = totals["errors"], totals["reconnects"]
-        report.filtered = self._stats.filtered
+        report.filtered, report.outside_window = self._stats.filtered, self._stats.outside_window
         report.spooled, report.replayed, report.spool_left = self._pipeline.spooled, self._pipeline.replayed, left
         report.spool_set_aside = self._pipeline.set_aside
         report.db_outages = self._pipeline.db_outages
@@ -524,6 +525,10 @@ class Streamer:
                 return True
             return now >= self._end_ns and self._clock_ns >= self._end_ns and idle >= cfg.end_idle
         clock = self._clock()
+        if self._pipeline.beyond_event_ns >= self._end_ns + MINUTE_NS:
+            # A feed that serves more than the window (a replay of the whole session) is a minute
+            # past its end: the last minute's bars have come, and waiting for silence would read on.
+            return True
         if clock >= self._end_ns:
             return idle >= cfg.end_idle
         if idle >= cfg.give_up_after:

@@ -27,7 +27,6 @@ from market_platform.defs.resources import (
 )
 from market_platform.defs.snapshots.assets import snapshots
 from market_platform.defs.snapshots.resources import SnapshotQueueResource
-from market_platform.defs.streaming.jobs import _universe
 from market_platform.history.vendors import has_vendor_keys
 from market_platform.snapshots import feed_health
 from market_platform.snapshots.poller import PollReport, SnapshotVendor, choose_provider, poll_snapshots, window
@@ -83,7 +82,7 @@ def poll_snapshots_op(context: dg.OpExecutionContext, config: SnapshotPollConfig
     day = config.day or datetime.now(UTC).astimezone(zone).date().isoformat()
     symbols = config.symbols
     if symbols is None and config.market == "stocks" and has_vendor_keys(env) and choose_provider(config.provider, env) == "alpaca":
-        symbols = _universe(store, day) or None
+        symbols = store.universe_symbols(day) or None
 
     def started(vendor: SnapshotVendor, minutes: list) -> None:
         context.log.info(f"polling {vendor.describe or vendor.source} ({config.market}) at {len(minutes)} minutes, "

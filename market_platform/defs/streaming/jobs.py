@@ -52,27 +52,10 @@ def _today(kind: str) -> str:
     return today(kind).isoformat()
 
 
-#: Per stock category, the snapshot in force on the day: the latest on or before it, never a later
-#: one, which would list tickers not listed yet (the rule backfills follow too:
-#: `history.universe.session_symbols`).
-_UNIVERSE_SQL = """
-SELECT DISTINCT u.symbol FROM universe u
-WHERE u.category IN ('us_equities', 'etf') AND u.active
-  AND u.snapshot_date = (SELECT max(snapshot_date) FROM universe
-                         WHERE category = u.category AND snapshot_date <= %(day)s)
-ORDER BY u.symbol
-"""
-
-
-def _universe(store: TickStore, day: str) -> list[str]:
-    """The stock universe `ticker_universe` discovered, as in force on the session (empty if none)."""
-    return store.read_arrow(_UNIVERSE_SQL, {"day": day}).column("symbol").to_pylist()
-
-
 def _stock_symbols(context: dg.OpExecutionContext, store: TickStore, day: str, live: bool) -> list[str] | None:
     """What a stock run subscribes to without `symbols`: the universe in force on `day`; with
     none, the replay's own listing of that day (None), and from a live feed, a clear error."""
-    symbols = _universe(store, day)
+    symbols = store.universe_symbols(day)
     if symbols:
         return symbols
     if live:
