@@ -30,6 +30,21 @@ def partitioned_asset(**kwargs) -> Callable:
         return dg.asset(**kwargs)
 
 
+def partitioned_check(**kwargs) -> Callable:
+    """`dg.asset_check(**kwargs)` for the platform's checks of a partitioned asset, one result per
+    partition: Dagster 1.13 marks a check's `partitions_def` preview and warns as each is defined.
+    That warning, of these checks only, is not shown (see `partitioned_asset`)."""
+    decorator = dg.asset_check(**kwargs)
+
+    def define(fn: Callable) -> dg.AssetChecksDefinition:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec",
+                                    category=dg.PreviewWarning)
+            return decorator(fn)
+
+    return define
+
+
 def holiday_datetimes(start: str) -> list[datetime]:
     """Exchange holidays (weekdays without a session) from `start` on, as midnights in New York."""
     return [

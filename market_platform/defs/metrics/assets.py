@@ -5,6 +5,7 @@ when its inputs do, for the latest session; older sessions are backfills. The de
 column are in `market_platform.analytics.metrics` and `.forecast`.
 """
 
+import warnings
 from datetime import date
 
 import dagster as dg
@@ -21,6 +22,13 @@ from market_platform.errors import NotEnoughHistoryError
 #: A backfill of metrics is one run that walks its sessions in order: the forecast of a session
 #: trains on the features of the sessions before it, which an earlier step of the run wrote.
 ONE_RUN = dg.BackfillPolicy.single_run()
+
+with warnings.catch_warnings():
+    # Beta in Dagster 1.13, used knowingly: the first session of a history has no previous one.
+    warnings.filterwarnings("ignore", message="Parameter `allow_nonexistent_upstream_partitions`",
+                            category=dg.BetaWarning)
+    #: A session and the one before it (allowed not to exist at the start of the partitions).
+    PREVIOUS_SESSION = dg.TimeWindowPartitionMapping(start_offset=-1, allow_nonexistent_upstream_partitions=True)
 
 
 def movers_metadata(table: pa.Table, day: date, *, n: int = 10) -> dict[str, dg.MetadataValue]:
@@ -62,8 +70,7 @@ def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: 
     group_name="metrics",
     kinds={"parquet", "duckdb"},
     # The previous session's minute bars give the previous close.
-    deps=[dg.AssetDep(minute_bars, partition_mapping=dg.TimeWindowPartitionMapping(
-        start_offset=-1, allow_nonexistent_upstream_partitions=True))],
+    deps=[dg.AssetDep(minute_bars, partition_mapping=PREVIOUS_SESSION)],
     automation_condition=dg.AutomationCondition.eager(),
     backfill_policy=ONE_RUN,
 )
