@@ -30,19 +30,26 @@ class Source(StrEnum):
     DERIVED = "derived"                      # computed by the platform (rollups)
 
 
+#: Parquet key-value metadata every bars file carries: its prices and volumes are raw (as traded,
+#: never split- or dividend-adjusted; adjusted views are computed at read time from
+#: `corporate_actions`). A file of REST bars without it was written before bars were stored raw
+#: and may hold split-adjusted prices (`market_platform.history.raw`).
+RAW_BARS_KEY, RAW_BARS_VALUE = b"market_platform.prices", b"raw"
+
 BARS = pa.schema(
     [
         pa.field("symbol", pa.string(), nullable=False),
         pa.field("ts", TS, nullable=False),  # start of the bar's interval
-        pa.field("open", pa.float64(), nullable=False),
+        pa.field("open", pa.float64(), nullable=False),  # raw prices, as traded (see RAW_BARS_KEY)
         pa.field("high", pa.float64(), nullable=False),
         pa.field("low", pa.float64(), nullable=False),
         pa.field("close", pa.float64(), nullable=False),
-        pa.field("volume", pa.float64(), nullable=False),
+        pa.field("volume", pa.float64(), nullable=False),  # raw shares, not split-adjusted
         pa.field("vwap", pa.float64()),
         pa.field("trade_count", pa.int64()),
         pa.field("source", pa.string(), nullable=False),
-    ]
+    ],
+    metadata={RAW_BARS_KEY: RAW_BARS_VALUE},
 )
 
 QUOTES = pa.schema(
@@ -167,6 +174,71 @@ STREAM_STALLS = pa.schema(
     ]
 )
 
+#: Kinds of corporate action (`action_type`).
+ACTION_TYPES = ("split", "dividend", "rename", "delisting")
+#: Dividend kinds (`dividend_type`), Polygon's codes: CD a regular cash dividend, SC a special one.
+DIVIDEND_TYPES = ("CD", "SC")
+#: Values of a corporate action's `source`: who reported it.
+ACTION_SOURCES = ("sim", "polygon", "alpaca")
+
+#: Corporate actions, one row per action (lake dataset and tick store table `corporate_actions`).
+#: Bars everywhere are stored raw (as traded); these rows are what read-time adjustment uses.
+#:
+#: - `action_id` is deterministic and the same for one event whichever source reports it:
+#:   `{action_type}:{symbol}:{ex_date}` (dividends add `:{dividend_type}`), so sources compare
+#:   like with like; (action_id, source) is unique.
+#: - `symbol` is the ticker as traded before `ex_date`.
+#: - `ex_date` is the first session the action is in effect: a split's or dividend's ex-date, the
+#:   first session under `new_symbol` for a rename, the first session it no longer trades for a
+#:   delisting. `announced_date` is when it was declared: a point-in-time read as of a day applies
+#:   only the actions with announced_date <= that day.
+#: - Splits use Polygon's naming: a 2-for-1 forward split is split_from 1, split_to 2 (raw prices
+#:   halve, volumes double from ex_date); a 1-for-10 reverse split is split_from 10, split_to 1.
+#: - `cash_amount` is per share in the raw terms of the day before ex_date.
+CORPORATE_ACTIONS = pa.schema(
+    [
+        pa.field("action_id", pa.string(), nullable=False),
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("action_type", pa.string(), nullable=False),  # one of ACTION_TYPES
+        pa.field("ex_date", pa.date32(), nullable=False),
+        pa.field("announced_date", pa.date32(), nullable=False),
+        pa.field("split_from", pa.float64()),
+        pa.field("split_to", pa.float64()),
+        pa.field("cash_amount", pa.float64()),
+        pa.field("dividend_type", pa.string()),  # one of DIVIDEND_TYPES for dividends, else null
+        pa.field("record_date", pa.date32()),
+        pa.field("pay_date", pa.date32()),
+        pa.field("new_symbol", pa.string()),  # renames only
+        pa.field("source", pa.string(), nullable=False),  # one of ACTION_SOURCES
+    ]
+)
+
+
+def action_id(action_type: str, symbol: str, ex_date, dividend_type: str | None = None) -> str:
+    """The `action_id` of a corporate action (see CORPORATE_ACTIONS)."""
+    day = ex_date.isoformat() if hasattr(ex_date, "isoformat") else str(ex_date)
+    base = f"{action_type}:{symbol}:{day}"
+    return f"{base}:{dividend_type}" if action_type == "dividend" and dividend_type else base
+
+
+def actions_table(rows: list[dict], source: str) -> pa.Table:
+    """CORPORATE_ACTIONS from dicts holding some of its columns (the rest null), `action_id` and
+    `source` filled in, sorted by (symbol, ex_date, action_type, action_id), one row per action_id."""
+    full = []
+    seen = set()
+    for row in rows:
+        out = {name: row.get(name) for name in CORPORATE_ACTIONS.names}
+        out["action_id"] = action_id(out["action_type"], out["symbol"], out["ex_date"], out["dividend_type"])
+        out["source"] = source
+        if out["action_id"] not in seen:
+            seen.add(out["action_id"])
+            full.append(out)
+    table = conform(pa.Table.from_pylist(full, schema=CORPORATE_ACTIONS.with_metadata(None))
+                    if full else CORPORATE_ACTIONS.empty_table(), CORPORATE_ACTIONS)
+    return table.sort_by([("symbol", "ascending"), ("ex_date", "ascending"), ("action_type", "ascending"),
+                          ("action_id", "ascending")])
+
+
 #: Columns that identify a row; writers deduplicate on them.
 KEYS: dict[str, tuple[str, ...]] = {
     "bars": ("symbol", "ts", "source"),
@@ -174,10 +246,11 @@ KEYS: dict[str, tuple[str, ...]] = {
     "trades": ("symbol", "ts", "exchange", "trade_id"),
     "universe": ("snapshot_date", "category", "symbol"),
     "snapshots": ("symbol", "minute", "source"),
+    "corporate_actions": ("action_id", "source"),
 }
 
 SCHEMAS: dict[str, pa.Schema] = {"bars": BARS, "quotes": QUOTES, "trades": TRADES, "universe": UNIVERSE,
-                                  "snapshots": SNAPSHOTS}
+                                  "snapshots": SNAPSHOTS, "corporate_actions": CORPORATE_ACTIONS}
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -74,7 +74,8 @@ def test_init_schema_creates_everything_once(tick_store: TickStore, request: pyt
     assert status["migrations_applied"] == len(migrations(variant))
     assert status["latest_migration"] == migrations(variant)[-1].name
     assert list(status["tables"]) == ["quotes", "trades", "bars_1m", "stream_stats", "stream_gaps",
-                                      "dead_letters", "universe", "alerts", "market_snapshots", "rollup_dirty",
+                                      "dead_letters", "universe", "alerts", "corporate_actions", "market_snapshots",
+                                      "rollup_dirty",
                                       "snapshot_misses", "snapshot_queue"]
     relations = {row["name"]: row["detail"] for row in before if row["kind"] == "rel"}
     # Day partitions on plain PostgreSQL; hypertables (plain tables to pg_class) on TimescaleDB.

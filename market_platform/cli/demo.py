@@ -10,6 +10,7 @@ import click
 
 from market_platform import settings
 from market_platform.cli.base import (
+    _in_process,
     _store,
     _vendors,
     fail_cleanly,
@@ -90,7 +91,8 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
                f"{agree[0]:,} of {agree[1]:,} bars agree on open, high, low, close and volume")
     minute = coverage(lake, "minute_bars")
     click.echo(f"minute bars: {minute.rows:,} rows over {len(minute.sessions)} sessions "
-               f"({minute.first_bar:%Y-%m-%d %H:%M} to {minute.last_bar:%Y-%m-%d %H:%M} UTC)")
+               f"({minute.first_bar:%Y-%m-%d %H:%M} to {minute.last_bar:%Y-%m-%d %H:%M} UTC), raw as traded")
+    _corporate_actions(lake, days[0], last)
     if stream:
         from market_platform.streaming.demo import stream_demo_session
 
@@ -112,6 +114,24 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select symbol, count(*) from "
         f"read_parquet('{settings.lake_url()}/minute_bars/*/*.parquet') group by 1 order by 2 desc limit 5\\\"))\""
     )
+
+
+def _corporate_actions(lake, first, last) -> None:
+    """Materialize `corporate_actions` (all history, from both vendors' replays) and show AAPL's in the demo's window."""
+    _in_process(["corporate_actions"], run_config={})
+    counts = lake.query("SELECT source, action_type, count(*) AS n FROM corporate_actions GROUP BY ALL ORDER BY ALL")
+    by_source: dict[str, list[str]] = {}
+    for row in counts.to_pylist():
+        by_source.setdefault(row["source"], []).append(f"{row['n']:,} {row['action_type']}s")
+    click.echo("\ncorporate actions (lake corporate_actions, tick store corporate_actions): "
+               + "; ".join(f"{source}: {', '.join(parts)}" for source, parts in by_source.items()))
+    aapl = lake.query("SELECT ex_date, action_type, split_from, split_to, cash_amount FROM corporate_actions "
+                      "WHERE source = 'polygon' AND symbol = 'AAPL' AND ex_date BETWEEN $first AND $last "
+                      "ORDER BY ex_date", {"first": first, "last": last}).to_pylist()
+    for row in aapl:
+        what = (f"{row['split_to']:g}-for-{row['split_from']:g} split" if row["action_type"] == "split"
+                else f"cash dividend ${row['cash_amount']:.2f}")
+        click.echo(f"  AAPL {row['ex_date']}  {what}  (bars stay raw: prices jump on this day)")
 
 
 def _daily_agreement(lake, days) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from market_platform.cli.base import (
 from market_platform.errors import MarketPlatformError
 
 
-def _check_partition(definitions, keys, partition: str) -> None:
+def _check_partition(definitions, keys, partition: str | None) -> None:
     """Refuse a partition the selected assets do not have, with the reason (a date that is not a
     session, an unknown category), before Dagster sees it."""
     from market_platform import calendar
@@ -30,6 +30,13 @@ def _check_partition(definitions, keys, partition: str) -> None:
     kinds = {definitions.resolve_assets_def(key).partitions_def for key in keys}
     if len(kinds) > 1:
         raise InvalidInputError("the selected assets have different partitions: materialize them separately")
+    if kinds == {None}:
+        if partition is not None:
+            raise InvalidInputError(f"--partition {partition!r}: the selected assets are not partitioned")
+        return
+    if partition is None:
+        raise InvalidInputError("--partition is required: the selected assets are partitioned (a session date "
+                                "YYYY-MM-DD, or a category)")
     if kinds == {categories_def}:
         if partition not in categories_def.get_partition_keys():
             raise InvalidInputError(f"unknown category {partition!r}: expected one of "
@@ -55,10 +62,12 @@ def check_history(days) -> None:
 
 @main.command()
 @click.option("--select", required=True, help="Comma-separated asset keys, e.g. minute_bars,bars_5m.")
-@click.option("--partition", required=True, help="Partition key: a session date YYYY-MM-DD, or a category.")
+@click.option("--partition", default=None,
+              help="Partition key: a session date YYYY-MM-DD, or a category (none for corporate_actions).")
 @fail_cleanly
-def materialize(select: str, partition: str) -> None:
-    """Materialize assets for one partition, recorded in the platform's Dagster instance."""
+def materialize(select: str, partition: str | None) -> None:
+    """Materialize assets (for one partition, if they have partitions), recorded in the platform's
+    Dagster instance."""
     import dagster as dg
 
     from market_platform.definitions import defs
@@ -72,7 +81,7 @@ def materialize(select: str, partition: str) -> None:
         raise InvalidInputError(f"unknown assets {unknown}: expected names among {sorted(known)}")
     _check_partition(definitions, [dg.AssetKey(n) for n in names], partition)
     result = _in_process(names, run_config={}, partition_key=partition, definitions=definitions)
-    click.echo(f"materialized {', '.join(names)} for {partition} (run {result.run_id})")
+    click.echo(f"materialized {', '.join(names)}{f' for {partition}' if partition else ''} (run {result.run_id})")
 
 
 def _discover(category: str, *, limit: int | None, as_of: str | None, replace: bool = False) -> None:
@@ -279,6 +288,10 @@ def status(ticker: str | None, dataset: str | None, workers: bool = False) -> No
                        f"latest {snap.latest_rows:,} tickers")
     click.echo("bars")
     _print_coverages([c for c in (lake_status.coverage(store, d) for d in lake_status.BAR_DATASETS) if c.rows])
+    from market_platform.history import raw
+
+    for line in raw.report(store):
+        click.echo(line)
     others = [d for d in store.datasets() if d not in lake_status.BAR_DATASETS and d not in ("universe", "top3000")]
     for name in others:
         click.echo(f"{name}: {len(store.partitions(name))} partitions, {store.count(name):,} rows")

@@ -78,6 +78,8 @@ class AlpacaReplay(ReplayHTTPServer):
         self.route(r"/v2/assets/(.+)", self.asset)
         self.route(r"/v2/calendar", self.calendar)
         self.route(r"/v2/clock", self.clock_now)
+        self.route(r"/v1/corporate-actions", self.corporate_actions)
+        self._action_pages: dict[tuple, list[tuple[str, dict[str, Any]]]] = {}
         self._add_snapshot_routes()
 
     # ----------------------------------------------------------------------- vendor specifics
@@ -144,10 +146,11 @@ class AlpacaReplay(ReplayHTTPServer):
         order = q.get("sort") or "asc"
         if order not in ("asc", "desc"):
             raise InvalidInputError(f"invalid sort: {order}")
+        adjustment = {"raw"}
         if kind == "stocks":
-            adjustment = q.get("adjustment") or "raw"
-            if not set(adjustment.split(",")) <= _ADJUSTMENTS:
-                raise InvalidInputError(f"invalid adjustment: {adjustment}")
+            adjustment = set((q.get("adjustment") or "raw").split(","))
+            if not adjustment <= _ADJUSTMENTS:
+                raise InvalidInputError(f"invalid adjustment: {q.get('adjustment')}")
         after_symbol, after_ts = _token(q.get("page_token"))
         room = min(limit, self.page_cap)
         out: dict[str, list[dict[str, Any]]] = {}
@@ -155,7 +158,7 @@ class AlpacaReplay(ReplayHTTPServer):
         for s in symbols:
             if after_symbol is not None and s < after_symbol:
                 continue
-            table = self._bars(s, start, end, unit, multiplier, kind)
+            table = self._bars(s, start, end, unit, multiplier, kind, adjustment)
             ts = pc.cast(table.column("ts"), pa.int64()).to_numpy()
             order_index = np.arange(len(ts)) if order == "asc" else np.arange(len(ts))[::-1]
             if s == after_symbol and after_ts is not None:
@@ -174,12 +177,63 @@ class AlpacaReplay(ReplayHTTPServer):
                 break
         return Reply(200, {"bars": out, "next_page_token": token})
 
-    def _bars(self, symbol: str, start: datetime, end: datetime, unit: str, multiplier: int, kind: str) -> pa.Table:
+    def _bars(self, symbol: str, start: datetime, end: datetime, unit: str, multiplier: int, kind: str,
+              adjustment: set[str]) -> pa.Table:
         minutes = [self.data.minute_bars([symbol], day) for day in days_between(start, end, kind)]
         table = pa.concat_tables(minutes) if minutes else BARS.empty_table()
+        # Adjusted as of today, for the actions in effect by then; "all" adds spin-offs (none here).
+        table = self.data.adjust(table, as_of=self._today(), splits=bool(adjustment & {"split", "all"}),
+                                 dividends=bool(adjustment & {"dividend", "all"}))
         bars = aggregate(table, unit, multiplier, tz=zone(kind))
         ts = bars.column("ts")
         return bars.filter(pc.and_(pc.greater_equal(ts, pa.scalar(start, TS)), pc.less_equal(ts, pa.scalar(end, TS))))
+
+    # ----------------------------------------------------------------------- corporate actions
+    #
+    # GET /v1/corporate-actions (alpaca-py `CorporateActionsClient`): {"corporate_actions": {type:
+    # [action, ...]}, "next_page_token": ...}, `limit` (1-1000, default 100) actions per page
+    # across types, filtered by `symbols`, `types` and the inclusive [start, end] of the ex-date
+    # (default today), sorted by ex-date (`sort`), announced by today. Splits carry old/new rates,
+    # cash dividends `rate` (per share), renames are name_changes, delistings worthless_removals.
+
+    def corporate_actions(self, request: Request) -> Reply:
+        q = request.query
+        today = self._today()
+        start = calendar.to_date(q["start"]) if q.get("start") else today
+        end = calendar.to_date(q["end"]) if q.get("end") else today
+        if start > end:
+            raise InvalidInputError("end should not be before start")
+        limit = int(q.get("limit") or 100)
+        if not 1 <= limit <= 1000:
+            raise InvalidInputError(f"invalid limit: {limit} (expected 1 to 1000)")
+        order = q.get("sort") or "asc"
+        if order not in ("asc", "desc"):
+            raise InvalidInputError(f"invalid sort: {order}")
+        types = set(q["types"].split(",")) if q.get("types") else set(_ACTION_TYPES.values()) | {"reverse_split"}
+        unknown = types - set(_ACTION_TYPES.values()) - {"reverse_split"} - _OTHER_ACTION_TYPES
+        if unknown:
+            raise InvalidInputError(f"invalid types: {','.join(sorted(unknown))}")
+        symbols = [s for s in (q.get("symbols") or "").split(",") if s] or None
+        key = (today, start, end, tuple(symbols or ()), tuple(sorted(types)), order)
+        entries = self._action_pages.get(key)
+        if entries is None:  # computed once while a client pages through it
+            if symbols is None:
+                rows = [r for r in self.data.corporate_action_rows(today) if start <= r["ex_date"] <= end]
+            else:
+                rows = self.data.corporate_actions(as_of=today, symbols=symbols, start=start, end=end).to_pylist()
+            rows = sorted(rows, key=lambda r: (r["ex_date"], r["action_id"]), reverse=order == "desc")
+            entries = [(t, r) for t, r in ((_action_type(r), r) for r in rows) if t in types]
+            if len(self._action_pages) >= 16:
+                self._action_pages.pop(next(iter(self._action_pages)), None)
+            self._action_pages[key] = entries
+        offset = int(_unb64_token(q.get("page_token")) or 0)
+        limit = min(limit, self.page_cap)
+        page = entries[offset:offset + limit]
+        out: dict[str, list[dict[str, Any]]] = {}
+        for action_type, r in page:
+            out.setdefault(action_type + "s", []).append(_action_dict(action_type, r))
+        token = base64.b64encode(str(offset + limit).encode()).decode() if offset + limit < len(entries) else None
+        return Reply(200, {"corporate_actions": out, "next_page_token": token})
 
     # ----------------------------------------------------------------------- historical quotes and trades
     #
@@ -375,6 +429,59 @@ def _alpaca_snapshots(state: SnapshotState, *, crypto: bool) -> dict[str, dict[s
                               "vw": col[f"{prefix}_vwap"][i]}
         out[symbol] = entry
     return out
+
+
+#: The platform's action types as Alpaca's (a split is forward or reverse by its ratio).
+_ACTION_TYPES = {"split": "forward_split", "dividend": "cash_dividend", "rename": "name_change",
+                 "delisting": "worthless_removal"}
+_OTHER_ACTION_TYPES = {"unit_split", "stock_dividend", "spin_off", "cash_merger", "stock_merger",
+                       "stock_and_cash_merger", "redemption", "rights_distribution"}
+
+
+def _action_type(r: dict[str, Any]) -> str:
+    if r["action_type"] == "split" and r["split_from"] > r["split_to"]:
+        return "reverse_split"
+    return _ACTION_TYPES[r["action_type"]]
+
+
+def cusip(symbol: str) -> str:
+    """A stable, made-up 9-character CUSIP per symbol (the replay has no real ones)."""
+    return uuid.uuid5(_ASSET_IDS, "cusip:" + symbol).hex[:9].upper()
+
+
+def _action_dict(action_type: str, r: dict[str, Any]) -> dict[str, Any]:
+    return {"id": str(uuid.uuid5(_ASSET_IDS, r["action_id"])), **_action_fields(action_type, r)}
+
+
+def _action_fields(action_type: str, r: dict[str, Any]) -> dict[str, Any]:
+    ex = r["ex_date"].isoformat()
+    symbol = r["symbol"]
+    if action_type in ("forward_split", "reverse_split"):
+        out: dict[str, Any] = {"symbol": symbol, "new_rate": r["split_to"], "old_rate": r["split_from"],
+                               "process_date": ex, "ex_date": ex, "record_date": ex, "payable_date": ex}
+        if action_type == "forward_split":
+            return {**out, "cusip": cusip(symbol)}
+        return {**out, "old_cusip": cusip(symbol), "new_cusip": cusip(symbol + ":1")}
+    if action_type == "cash_dividend":
+        return {"symbol": symbol, "cusip": cusip(symbol), "rate": r["cash_amount"],
+                "special": r["dividend_type"] == "SC", "foreign": False, "process_date": ex, "ex_date": ex,
+                "record_date": r["record_date"].isoformat() if r["record_date"] else None,
+                "payable_date": r["pay_date"].isoformat() if r["pay_date"] else None}
+    if action_type == "name_change":
+        return {"old_symbol": symbol, "old_cusip": cusip(symbol), "new_symbol": r["new_symbol"],
+                "new_cusip": cusip(r["new_symbol"]), "process_date": ex}
+    return {"symbol": symbol, "cusip": cusip(symbol), "process_date": ex}
+
+
+def _unb64_token(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        value = base64.b64decode(text).decode()
+        int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInputError(f"invalid page_token: {text}") from None
+    return value
 
 
 def _rfc3339(ts: pa.Array | pa.ChunkedArray) -> list[str | None]:

@@ -28,8 +28,9 @@ import pyarrow.compute as pc
 
 from market_platform import calendar
 from market_platform.errors import InvalidInputError
-from market_platform.schemas import BARS, CATEGORIES, QUOTES, TRADES, TS
+from market_platform.schemas import BARS, CATEGORIES, CORPORATE_ACTIONS, QUOTES, TRADES, TS
 from market_platform.sources import symbols as sym
+from market_platform.sources import sim_actions
 from market_platform.sources.sim import SimMarket
 from market_platform.sources.sim_reference import reference
 
@@ -58,6 +59,9 @@ class MarketProvider(Protocol):
         `include_inactive`, also those delisted before `day` (active = False)."""
         ...
 
+    # Optional: `corporate_actions(start, end, *, symbols=None)` -> schemas.CORPORATE_ACTIONS
+    # rows with ex_date in [start, end] (None: the provider's whole market), as `SimMarket`'s.
+
 
 class SimProvider:
     """The simulated market as a provider."""
@@ -66,7 +70,7 @@ class SimProvider:
         self.sim = sim
         ref = reference()
         self._tradable = {s for s, c in zip(ref.symbol, ref.category, strict=True)
-                          if c in STOCK_CATEGORIES + CRYPTO_CATEGORIES}
+                          if c in STOCK_CATEGORIES + CRYPTO_CATEGORIES} | set(sim_actions.Names(ref).aliases)
 
     def __repr__(self) -> str:
         return f"SimProvider({self.sim!r})"
@@ -81,6 +85,9 @@ class SimProvider:
 
     def universe(self, category: str, day: date, *, include_inactive: bool = False) -> pa.Table:
         return self.sim.universe(category, day, include_inactive=include_inactive)
+
+    def corporate_actions(self, start: date, end: date, *, symbols: Sequence[str] | None = None) -> pa.Table:
+        return self.sim.corporate_actions(start, end, symbols=symbols)
 
     def latest(self, symbols: Sequence[str], day: date, *, before: datetime) -> tuple[pa.Table, pa.Table]:
         """The last trade and quote of each symbol in the minutes of `day` ended by `before`
@@ -139,6 +146,8 @@ class ReplayData:
         self._cached_rows = 0
         self._universes: dict[tuple[str, date, bool], pa.Table] = {}
         self._corrections: dict[date, pa.Table] = {}
+        self._actions: pa.Table | None = None
+        self._action_rows: dict[date, list[dict]] = {}
         self._lock = threading.Lock()
         #: Goes up whenever served bars change (corrections), for caches built on top.
         self.revision = 0
@@ -256,12 +265,100 @@ class ReplayData:
             return TRADES.empty_table(), QUOTES.empty_table()
         return latest(symbols, day, before=before)
 
+    # ----------------------------------------------------------------------- corporate actions
+
+    def corporate_actions(self, *, as_of: date, symbols: Sequence[str] | None = None,
+                          start: date | None = None, end: date | None = None) -> pa.Table:
+        """schemas.CORPORATE_ACTIONS the vendor knows on `as_of` (announced by then), with ex_date
+        in [start, end] (None: unbounded), of `symbols` (None: the provider's whole market)."""
+        actions = getattr(self.provider, "corporate_actions", None)
+        if actions is None:
+            return CORPORATE_ACTIONS.empty_table()
+        if symbols is None:
+            with self._lock:
+                table = self._actions
+            if table is None:
+                table = actions(sim_actions.FIRST, sim_actions.HORIZON)
+                with self._lock:
+                    self._actions = table
+        else:
+            table = actions(sim_actions.FIRST, sim_actions.HORIZON, symbols=list(symbols))
+        keep = pc.less_equal(table.column("announced_date"), pa.scalar(as_of, pa.date32()))
+        if start is not None:
+            keep = pc.and_(keep, pc.greater_equal(table.column("ex_date"), pa.scalar(start, pa.date32())))
+        if end is not None:
+            keep = pc.and_(keep, pc.less_equal(table.column("ex_date"), pa.scalar(end, pa.date32())))
+        return table.filter(keep)
+
+    def corporate_action_rows(self, as_of: date) -> list[dict]:
+        """`corporate_actions(as_of=as_of)` of the whole market as dicts, sorted by (symbol,
+        ex_date); cached per day, for servers that page through them."""
+        with self._lock:
+            rows = self._action_rows.get(as_of)
+        if rows is None:
+            rows = self.corporate_actions(as_of=as_of).to_pylist()
+            with self._lock:
+                if len(self._action_rows) > 8:
+                    self._action_rows.clear()
+                self._action_rows[as_of] = rows
+        return rows
+
+    def previous_close(self, symbol: str, day: date) -> float | None:
+        """`symbol`'s last raw price of the session before `day` (None when it did not trade)."""
+        try:
+            prev = calendar.default_calendar().previous_session(day)
+        except InvalidInputError:  # the calendar's first session
+            return None
+        bars = self.minute_bars([symbol], prev)
+        return bars.column("close")[-1].as_py() if bars.num_rows else None
+
+    def adjust(self, bars: pa.Table, *, as_of: date, splits: bool = True, dividends: bool = False) -> pa.Table:
+        """`bars` (schemas.BARS of stocks, any symbols) adjusted as a vendor adjusts them on `as_of`:
+        prices of a bar before an action's ex-date (ex_date <= as_of, announced by then) times
+        split_from / split_to for `splits` and 1 - cash_amount / previous close for `dividends`,
+        volumes divided by the splits' factor. Later actions (and unknown symbols) change nothing."""
+        if not bars.num_rows or not (splits or dividends):
+            return bars
+        symbols = sorted(set(bars.column("symbol").to_pylist()))
+        actions = self.corporate_actions(as_of=as_of, symbols=symbols, end=as_of)
+        price = np.ones(bars.num_rows)
+        volume = np.ones(bars.num_rows)
+        day = _ny_days(bars.column("ts"))
+        symbol_column = bars.column("symbol").to_numpy(zero_copy_only=False)
+        for row in actions.to_pylist():
+            if row["action_type"] == "split" and splits:
+                p, v = row["split_from"] / row["split_to"], row["split_to"] / row["split_from"]
+            elif row["action_type"] == "dividend" and dividends:
+                close = self.previous_close(row["symbol"], row["ex_date"])
+                if not close:
+                    continue
+                p, v = 1.0 - row["cash_amount"] / close, 1.0
+            else:
+                continue
+            before = (symbol_column == row["symbol"]) & (day < np.datetime64(row["ex_date"], "D"))
+            price[before] *= p
+            volume[before] *= v
+        if (price == 1.0).all() and (volume == 1.0).all():
+            return bars
+        out = bars
+        for name in ("open", "high", "low", "close", "vwap"):
+            out = out.set_column(out.schema.get_field_index(name), out.schema.field(name),
+                                 pc.multiply(out.column(name), pa.array(price)))
+        return out.set_column(out.schema.get_field_index("volume"), out.schema.field("volume"),
+                              pc.multiply(out.column("volume"), pa.array(volume)))
+
     def listed(self, kind: str, day: date) -> list[str]:
         """Symbols of `kind` ("stocks": us_equities, etf, otc; "crypto") listed on `day`, sorted."""
         categories = CRYPTO_CATEGORIES if kind == "crypto" else STOCK_CATEGORIES
         if kind == "stocks" and not calendar.is_session(day):
             return []
         return sorted(s for c in categories for s in self.universe(c, day).column("symbol").to_pylist())
+
+
+def _ny_days(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The New York date (datetime64[D]) of each UTC timestamp."""
+    local = pc.local_timestamp(pc.cast(ts, pa.timestamp("ns", tz="America/New_York")))
+    return local.to_numpy(zero_copy_only=False).astype("datetime64[D]")
 
 
 def _source(table: pa.Table) -> str:

@@ -1,7 +1,8 @@
 """Polygon (Massive) REST on loopback, as polygon-api-client expects it (PROTOCOLS.md, section C).
 
-Endpoints: aggregates (`/v2/aggs/ticker/...`), reference tickers and their types, options
-contracts, the stocks snapshot and the market status. Authentication by `Authorization: Bearer`
+Endpoints: aggregates (`/v2/aggs/ticker/...`, split-adjusted as of today unless `adjusted=false`),
+reference tickers and their types, options contracts, splits and dividends (`/v3/reference/...`
+and their successors `/stocks/v1/...`), the stocks snapshot and the market status. Authentication by `Authorization: Bearer`
 or `?apiKey=`; a key in `unentitled_keys` authenticates but gets 403 on market data, like a plan
 without it. 429 bodies carry no Retry-After, as the vendor's.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 import uuid
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta, timezone
@@ -108,10 +110,16 @@ class PolygonReplay(ReplayHTTPServer):
         self.route(r"/v3/reference/tickers", self.tickers)
         self.route(r"/v3/reference/tickers/types", self.ticker_types)
         self.route(r"/v3/reference/options/contracts", self.options_contracts)
+        self.route(r"/v3/reference/splits", self.splits)
+        self.route(r"/v3/reference/dividends", self.dividends)
+        self.route(r"/stocks/v1/splits", self.splits_v1)
+        self.route(r"/stocks/v1/dividends", self.dividends_v1)
         self.route(r"/v2/snapshot/locale/us/markets/stocks/tickers", lambda request: self.snapshot(request, "stocks"))
         self.route(r"/v2/snapshot/locale/global/markets/crypto/tickers",
                    lambda request: self.snapshot(request, "crypto"))
         self.book = SnapshotBook(data)
+        self._listings: dict[tuple, list[dict[str, Any]]] = {}
+        self._listings_lock = threading.Lock()
         self.route(r"/v1/marketstatus/now", self.market_status)
 
     # ----------------------------------------------------------------------- vendor specifics
@@ -169,7 +177,7 @@ class PolygonReplay(ReplayHTTPServer):
         hi = _instant(end, "to", zone(kind), end=True)
         body: dict[str, Any] = {"ticker": ticker, "queryCount": 0, "resultsCount": 0, "adjusted": adjusted,
                                 "status": "OK", "request_id": _request_id(), "count": 0}
-        buckets, rest = self._buckets(symbol, kind, lo, hi, timespan, m, order, limit)
+        buckets, rest = self._buckets(symbol, kind, lo, hi, timespan, m, order, limit, adjusted)
         counts = buckets.column("base_count").to_numpy()
         take = max(1, int(np.searchsorted(np.cumsum(counts), limit, side="right"))) if len(counts) else 0
         page = buckets.slice(0, take)
@@ -189,9 +197,11 @@ class PolygonReplay(ReplayHTTPServer):
         return Reply(200, body)
 
     def _buckets(self, symbol: str, kind: str, lo: datetime, hi: datetime, timespan: str, m: int, order: str,
-                 limit: int) -> tuple[pa.Table, list[date]]:
+                 limit: int, adjusted: bool) -> tuple[pa.Table, list[date]]:
         """The aggregates of [lo, hi] in `order` (AGG_BARS; `base_count` counts daily aggregates for
-        day bars), and the days not loaded because earlier ones already exceed `limit`."""
+        day bars), and the days not loaded because earlier ones already exceed `limit`. `adjusted`:
+        split-adjusted as of today, as Polygon's default (prices times split_from / split_to of
+        every split since, volumes divided by it); raw otherwise."""
         tz = zone(kind)
         days = days_between(lo, hi, kind)
         if order == "desc":
@@ -210,6 +220,8 @@ class PolygonReplay(ReplayHTTPServer):
         if order == "desc":
             loaded.reverse()
         table = pa.concat_tables(loaded) if loaded else BARS.empty_table()
+        if adjusted and kind == "stocks":
+            table = self.data.adjust(table, as_of=self._today(), splits=True)
         if timespan == "day":
             daily = aggregate(table, "day", 1, tz=tz)
             daily = daily.set_column(daily.num_columns - 1, AGG_BARS.field("base_count"),
@@ -249,15 +261,96 @@ class PolygonReplay(ReplayHTTPServer):
         offset = _int_param(params, "offset", 0, 0, None)
         rows = [] if params.get("expired", "false").lower() == "true" else \
             _contract_rows(self.data.universe("options", day))
-        filters = {"underlying_ticker": str, "contract_type": str, "expiration_date": str, "strike_price": float}
-        for name, cast in filters.items():
-            for op, test in (("", lambda a, b: a == b), (".gte", lambda a, b: a >= b), (".gt", lambda a, b: a > b),
-                             (".lte", lambda a, b: a <= b), (".lt", lambda a, b: a < b)):
-                if name + op in params:
-                    value = _cast(cast, params[name + op], name + op)
-                    rows = [r for r in rows if test(r[name], value)]
+        rows = _filtered(rows, params, {"underlying_ticker": str, "contract_type": str, "expiration_date": str,
+                                        "strike_price": float})
         rows = _sorted(rows, params.get("sort", "ticker"), params.get("order", "asc"))
         return self._page(request.path, rows, params, offset, limit)
+
+    # ----------------------------------------------------------------------- corporate actions
+    #
+    # What Polygon knows today: the actions announced by the replay's date, including upcoming
+    # ones. Amounts are in the raw terms of their day (Polygon does not adjust dividends for later
+    # splits). /v3/reference/{splits,dividends} are what polygon-api-client 1.16.3 calls
+    # (`list_splits`, `list_dividends`; limit default 10, max 1000; ?cursor= pages);
+    # /stocks/v1/{splits,dividends} are their successors with `historical_adjustment_factor`
+    # (limit default 100, max 5000, `sort=column.direction`).
+
+    def _actions(self, action_type: str, *, factors: bool = False) -> list[dict[str, Any]]:
+        today = self._today()
+        rows = [r for r in self.data.corporate_action_rows(today) if r["action_type"] == action_type]
+        return _with_adjustment_factors(rows, today, self.data.previous_close) if factors else rows
+
+    def _listing(self, path: str, params: dict[str, str], build) -> list[dict[str, Any]]:
+        """`build()`'s filtered and sorted rows, kept while clients page through them (the cursor
+        repeats every filter, so page n of a listing is a slice of the same rows)."""
+        key = (path, self._today(), tuple(sorted((k, v) for k, v in params.items() if k not in ("offset", "limit"))))
+        with self._listings_lock:
+            rows = self._listings.get(key)
+        if rows is None:
+            rows = build()
+            with self._listings_lock:
+                if len(self._listings) >= 16:
+                    self._listings.pop(next(iter(self._listings)))
+                self._listings[key] = rows
+        return rows
+
+    def splits(self, request: Request) -> Reply:
+        params = self._params(request)
+        limit = _int_param(params, "limit", 10, 1, 1000)
+        offset = _int_param(params, "offset", 0, 0, None)
+
+        def build() -> list[dict[str, Any]]:
+            rows = [_split_v3(r) for r in self._actions("split")]
+            if params.get("reverse_split") is not None:
+                reverse = params["reverse_split"].lower() == "true"
+                rows = [r for r in rows if (r["split_from"] > r["split_to"]) == reverse]
+            rows = _filtered(rows, params, {"ticker": str, "execution_date": str})
+            return _sorted(rows, params.get("sort", "execution_date"), params.get("order", "desc"))
+
+        return self._page(request.path, self._listing(request.path, params, build), params, offset, limit)
+
+    def dividends(self, request: Request) -> Reply:
+        params = self._params(request)
+        limit = _int_param(params, "limit", 10, 1, 1000)
+        offset = _int_param(params, "offset", 0, 0, None)
+
+        def build() -> list[dict[str, Any]]:
+            rows = _filtered([_dividend_v3(r) for r in self._actions("dividend")], params, _DIVIDEND_FILTERS)
+            return _sorted(rows, params.get("sort", "ex_dividend_date"), params.get("order", "desc"))
+
+        return self._page(request.path, self._listing(request.path, params, build), params, offset, limit)
+
+    def splits_v1(self, request: Request) -> Reply:
+        params = self._params(request)
+
+        def build() -> list[dict[str, Any]]:
+            rows = [{**_split_v3(r), "adjustment_type": "reverse_split" if r["split_from"] > r["split_to"]
+                     else "forward_split", "historical_adjustment_factor": r["factor"]}
+                    for r in self._actions("split", factors=True)]
+            rows = _filtered(rows, params, {"ticker": str, "execution_date": str, "adjustment_type": str})
+            return _sorted_v1(rows, params, "execution_date")
+
+        return self._page_v1(request.path, self._listing(request.path, params, build), params)
+
+    def dividends_v1(self, request: Request) -> Reply:
+        params = self._params(request)
+
+        def build() -> list[dict[str, Any]]:
+            rows = []
+            for r in self._actions("dividend", factors=True):
+                row = {**_dividend_v3(r), "distribution_type": "special" if r["dividend_type"] == "SC" else "recurring",
+                       "historical_adjustment_factor": r["factor"]}
+                del row["dividend_type"]
+                rows.append(row)
+            rows = _filtered(rows, params, {**_DIVIDEND_FILTERS, "distribution_type": str})
+            return _sorted_v1(rows, params, "ex_dividend_date")
+
+        return self._page_v1(request.path, self._listing(request.path, params, build), params)
+
+    def _page_v1(self, path: str, rows: list[dict[str, Any]], params: dict[str, str]) -> Reply:
+        limit = _int_param(params, "limit", 100, 1, 5000)
+        offset = _int_param(params, "offset", 0, 0, None)
+        return self._page(path, rows, params, offset, limit)
 
     def _page(self, path: str, rows: list[dict[str, Any]], params: dict[str, str], offset: int, limit: int) -> Reply:
         page = rows[offset:offset + limit]
@@ -358,6 +451,78 @@ def _sorted(rows: list[dict[str, Any]], key: str, order: str) -> list[dict[str, 
         raise InvalidInputError(f"order {order!r}: expected asc or desc")
     return sorted(rows, key=lambda r: (r.get(key) is None, r.get(key) or "", r.get("ticker", "")),
                   reverse=order == "desc")
+
+
+_DIVIDEND_FILTERS = {"ticker": str, "ex_dividend_date": str, "record_date": str, "declaration_date": str,
+                     "pay_date": str, "frequency": int, "cash_amount": float, "dividend_type": str}
+
+
+def _sorted_v1(rows: list[dict[str, Any]], params: dict[str, str], default: str) -> list[dict[str, Any]]:
+    """Rows sorted as /stocks/v1 sorts: `sort=col.dir[,col.dir]` (default `{default}.desc`)."""
+    for spec in reversed((params.get("sort") or f"{default}.desc").split(",")):
+        column, _, direction = spec.strip().partition(".")
+        rows = _sorted(rows, column, direction or "asc")
+    return rows
+
+
+_TESTS = (("", lambda a, b: a == b), (".gte", lambda a, b: a >= b), (".gt", lambda a, b: a > b),
+          (".lte", lambda a, b: a <= b), (".lt", lambda a, b: a < b))
+
+
+def _filtered(rows: list[dict[str, Any]], params: dict[str, str], fields: dict[str, type]) -> list[dict[str, Any]]:
+    """`rows` whose fields pass the query's filters: `name`, `name.gt|gte|lt|lte`, `name.any_of`."""
+    for name, cast in fields.items():
+        for op, test in _TESTS:
+            if name + op in params:
+                value = _cast(cast, params[name + op], name + op)
+                rows = [r for r in rows if r.get(name) is not None and test(r[name], value)]
+        if name + ".any_of" in params:
+            values = {_cast(cast, v, name + ".any_of") for v in params[name + ".any_of"].split(",")}
+            rows = [r for r in rows if r.get(name) in values]
+    return rows
+
+
+def _with_adjustment_factors(rows: list[dict[str, Any]], today: date, previous_close) -> list[dict[str, Any]]:
+    """Each action with `factor`: the product of its own and its symbol's later factors of the same
+    type up to `today` (split_from / split_to; 1 - cash / previous close), what multiplies a price
+    before its ex-date to today's basis; 1 for actions not yet in effect."""
+    own = []
+    for r in rows:
+        if r["ex_date"] > today:
+            own.append(1.0)
+        elif r["action_type"] == "split":
+            own.append(r["split_from"] / r["split_to"])
+        else:
+            close = previous_close(r["symbol"], r["ex_date"])
+            own.append(1.0 - r["cash_amount"] / close if close else 1.0)
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["symbol"], rows[i]["ex_date"]), reverse=True)
+    out: list[dict[str, Any]] = [{}] * len(rows)
+    product, symbol = 1.0, None
+    for i in order:
+        if rows[i]["symbol"] != symbol:
+            product, symbol = 1.0, rows[i]["symbol"]
+        product *= own[i]
+        out[i] = {**rows[i], "factor": product}
+    return out
+
+
+def _action_hash(action_id: str) -> str:
+    return "E" + uuid.uuid5(uuid.NAMESPACE_URL, action_id).hex
+
+
+def _split_v3(r: dict[str, Any]) -> dict[str, Any]:
+    return {"id": _action_hash(r["action_id"]), "execution_date": r["ex_date"].isoformat(),
+            "split_from": r["split_from"], "split_to": r["split_to"], "ticker": sym.to_polygon(r["symbol"])}
+
+
+def _dividend_v3(r: dict[str, Any]) -> dict[str, Any]:
+    out = {"id": _action_hash(r["action_id"]), "cash_amount": r["cash_amount"], "currency": "USD",
+           "declaration_date": r["announced_date"].isoformat(), "dividend_type": r["dividend_type"],
+           "ex_dividend_date": r["ex_date"].isoformat(), "frequency": 0 if r["dividend_type"] == "SC" else 4,
+           "pay_date": r["pay_date"].isoformat() if r["pay_date"] else None,
+           "record_date": r["record_date"].isoformat() if r["record_date"] else None,
+           "ticker": sym.to_polygon(r["symbol"])}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _agg_results(page: pa.Table) -> list[dict[str, Any]]:

@@ -37,7 +37,18 @@ from requests.adapters import HTTPAdapter
 
 from market_platform import calendar, settings
 from market_platform.errors import ConfigError, InvalidInputError, UnknownSymbolError, VendorError
-from market_platform.schemas import BARS, CATEGORIES, QUOTES, TRADES, TS, UNIVERSE, Source, conform, quote_seq
+from market_platform.schemas import (
+    BARS,
+    CATEGORIES,
+    QUOTES,
+    TRADES,
+    TS,
+    UNIVERSE,
+    Source,
+    actions_table,
+    conform,
+    quote_seq,
+)
 from market_platform.sources import symbols as sym
 from market_platform.sources.vendor import RetryPolicy, VendorGate, rate_from_env, rate_limiter, symbol_list
 
@@ -94,7 +105,8 @@ class _GatedAdapter(HTTPAdapter):
 
 
 class AlpacaSource:
-    """Alpaca historical bars (1m and coarser, any window), assets by class, and the calendar.
+    """Alpaca historical bars (1m and coarser, any window, raw: `adjustment=raw`), assets by
+    class, corporate actions, and the calendar.
 
     `data_url`/`trading_url` override Alpaca's market data and trading API hosts; `feed` is the
     stock feed (iex on the free plan, sip on paid ones). `rate_limit` calls per `rate_period`
@@ -142,8 +154,11 @@ class AlpacaSource:
         self._stocks = StockHistoricalDataClient(key_id, secret, raw_data=True, url_override=self.data_url)
         self._crypto = CryptoHistoricalDataClient(key_id, secret, raw_data=True, url_override=self.data_url)
         self._trading = TradingClient(key_id, secret, paper=True, raw_data=True, url_override=self.trading_url)
+        from alpaca.data.historical.corporate_actions import CorporateActionsClient
+
+        self._actions = CorporateActionsClient(key_id, secret, raw_data=True, url_override=self.data_url)
         adapter = _GatedAdapter(self.gate, (connect_timeout, read_timeout))
-        for client in (self._stocks, self._crypto, self._trading):
+        for client in (self._stocks, self._crypto, self._trading, self._actions):
             client._retry = 0  # the gate retries; alpaca-py's loop would sleep 3 s per 429
             client._session.mount("http://", adapter)
             client._session.mount("https://", adapter)
@@ -366,6 +381,29 @@ class AlpacaSource:
         } for a in sorted(assets, key=lambda a: a["symbol"])]
         return conform(pa.Table.from_pylist(rows[:limit] if limit else rows, schema=UNIVERSE), UNIVERSE)
 
+    def corporate_actions(self, start: date | str, end: date | str, *,
+                          symbols: Sequence[str] | None = None) -> pa.Table:
+        """schemas.CORPORATE_ACTIONS (source `alpaca`) with ex-dates in [start, end], from
+        `CorporateActionsClient`: forward and reverse splits, cash dividends, name changes
+        (renames) and worthless removals and cash mergers (delistings), of `symbols` (None: all).
+        Alpaca gives no declaration dates: an action is taken as announced on its ex-date."""
+        from alpaca.data.requests import CorporateActionsRequest
+
+        start, end = calendar.to_date(start), calendar.to_date(end)
+        if start > end:
+            raise InvalidInputError(f"start {start.isoformat()} is after end {end.isoformat()}")
+        request = CorporateActionsRequest(
+            symbols=symbol_list(symbols) if symbols is not None else None, start=start, end=end, limit=None,
+            types=["forward_split", "reverse_split", "cash_dividend", "name_change", "worthless_removal",
+                   "cash_merger"])
+        with self._mapped("corporate actions"):
+            raw = self._actions.get_corporate_actions(request) or {}
+        rows: list[dict[str, Any]] = []
+        for kind, entries in raw.items():
+            for a in entries:
+                rows.extend(_action_rows(kind, a))
+        return actions_table(rows, "alpaca")
+
     def calendar(self, start: date | str, end: date | str) -> list[calendar.Session]:
         """Alpaca's trading days in [start, end] as sessions (regular hours from Alpaca, extended
         hours from its session_open/session_close when given, else 04:00-20:00 New York)."""
@@ -409,6 +447,31 @@ class _NotFound(VendorError):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _action_rows(kind: str, a: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The platform's action rows of one Alpaca corporate action (none for kinds it does not keep)."""
+    def day(key: str) -> date | None:
+        return date.fromisoformat(a[key][:10]) if a.get(key) else None
+
+    if kind in ("forward_splits", "reverse_splits"):
+        ex = day("ex_date")
+        return [{"symbol": a["symbol"], "action_type": "split", "ex_date": ex, "announced_date": ex,
+                 "split_from": float(a["old_rate"]), "split_to": float(a["new_rate"])}]
+    if kind == "cash_dividends":
+        ex = day("ex_date")
+        return [{"symbol": a["symbol"], "action_type": "dividend", "ex_date": ex, "announced_date": ex,
+                 "cash_amount": float(a["rate"]), "dividend_type": "SC" if a.get("special") else "CD",
+                 "record_date": day("record_date"), "pay_date": day("payable_date")}]
+    if kind == "name_changes":
+        ex = day("process_date")
+        return [{"symbol": a["old_symbol"], "action_type": "rename", "ex_date": ex, "announced_date": ex,
+                 "new_symbol": a["new_symbol"]}]
+    if kind in ("worthless_removals", "cash_mergers"):
+        ex = day("process_date") or day("effective_date")
+        symbol = a.get("symbol") or a.get("acquiree_symbol")
+        return [{"symbol": symbol, "action_type": "delisting", "ex_date": ex, "announced_date": ex}]
+    return []
 
 
 def _timeframe(timeframe: str):

@@ -38,7 +38,7 @@ from polygon.exceptions import BadResponse
 
 from market_platform import calendar, settings
 from market_platform.errors import ConfigError, InvalidInputError, UnknownSymbolError, VendorError
-from market_platform.schemas import BARS, CATEGORIES, TS, UNIVERSE, Source, conform
+from market_platform.schemas import BARS, CATEGORIES, TS, UNIVERSE, Source, actions_table, conform
 from market_platform.sources import symbols as sym
 from market_platform.sources.vendor import (
     RetryPolicy,
@@ -99,7 +99,8 @@ class PolygonSource:
     `rate_limit` calls per `rate_period` seconds (None: no limit; Polygon's free plan allows 5 per
     minute) are shared by all threads of this source, and with `shared_rate_url` (a Redis URL) by
     every process on every machine using the same key; `workers` tickers are fetched at once;
-    `page_limit` is the aggregates' `limit` (base aggregates per page, at most 50,000).
+    `page_limit` is the aggregates' `limit` (base aggregates per page, at most 50,000). Bars are
+    raw (`adjusted=false`): prices and volumes as traded, never split-adjusted.
     """
 
     name = Source.POLYGON_REST.value
@@ -118,7 +119,6 @@ class PolygonSource:
         read_timeout: float = 60.0,
         workers: int = 8,
         page_limit: int = 50_000,
-        adjusted: bool = True,
         check_unknown: bool = True,
     ) -> None:
         if not api_key:
@@ -127,7 +127,7 @@ class PolygonSource:
             raise ConfigError(f"page_limit={page_limit!r}: expected 1 to 50000")
         self.base_url = base_url.rstrip("/")
         self.workers, self.page_limit = workers, page_limit
-        self.adjusted, self.check_unknown = adjusted, check_unknown
+        self.check_unknown = check_unknown
         limiter = rate_limiter(rate_limit, rate_period, margin=rate_margin, shared_url=shared_rate_url,
                                vendor="Polygon", api_key=api_key, origin=settings.CELERY_BROKER_URL_VAR)
         self.gate = VendorGate(
@@ -202,9 +202,59 @@ class PolygonSource:
     def _aggs(self, symbol: str, multiplier: int, timespan: str, start: str, end: str) -> pa.Table:
         ticker = sym.to_polygon(symbol)
         with self._mapped(f"aggregates of {symbol}"):
-            aggs = list(self._client.list_aggs(ticker, multiplier, timespan, start, end, adjusted=self.adjusted,
+            # Raw, as traded (Polygon's default is split-adjusted as of today): adjusting is done at
+            # read time from `corporate_actions`, so the lake never mixes conventions.
+            aggs = list(self._client.list_aggs(ticker, multiplier, timespan, start, end, adjusted=False,
                                                sort="asc", limit=self.page_limit))
         return _aggs_table(symbol, aggs)
+
+    # ----------------------------------------------------------------------- corporate actions
+
+    def corporate_actions(self, start: date | str, end: date | str, *,
+                          symbols: Sequence[str] | None = None) -> pa.Table:
+        """schemas.CORPORATE_ACTIONS (source `polygon`) with ex_date in [start, end]: splits
+        (`list_splits`), cash dividends (`list_dividends`) and delistings (inactive stock tickers'
+        `delisted_utc`; announced the day they happen, as Polygon says no more), of `symbols` (None:
+        every ticker). Renames are not in Polygon's bulk reference data: take them from Alpaca."""
+        start, end = calendar.to_date(start), calendar.to_date(end)
+        if start > end:
+            raise InvalidInputError(f"start {start.isoformat()} is after end {end.isoformat()}")
+        wanted = None if symbols is None else set(symbol_list(symbols))
+        # A few tickers are asked one by one; more, in bulk (pages of 1,000) and filtered here.
+        tickers = [None] if wanted is None or len(wanted) > 20 else sorted(sym.to_polygon(s) for s in wanted)
+        rows: list[dict[str, Any]] = []
+        for ticker in tickers:
+            rows.extend(self._splits_and_dividends(start, end, ticker))
+        with self._mapped("delisted tickers"):
+            for t in self._client.list_tickers(market="stocks", active=False, date=end.isoformat(), limit=1000):
+                gone = _day(t.delisted_utc)
+                if gone is not None and start <= gone <= end:
+                    day = _session_on_or_after(gone)
+                    rows.append({"symbol": sym.from_polygon(t.ticker), "action_type": "delisting", "ex_date": day,
+                                 "announced_date": day})
+        if wanted is not None:
+            rows = [r for r in rows if r["symbol"] in wanted]
+        return actions_table(rows, "polygon")
+
+    def _splits_and_dividends(self, start: date, end: date, ticker: str | None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        with self._mapped("splits"):
+            for s in self._client.list_splits(ticker=ticker, execution_date_gte=start.isoformat(),
+                                              execution_date_lte=end.isoformat(), limit=1000,
+                                              sort="execution_date", order="asc"):
+                day = date.fromisoformat(s.execution_date)
+                rows.append({"symbol": sym.from_polygon(s.ticker), "action_type": "split", "ex_date": day,
+                             "announced_date": day, "split_from": float(s.split_from), "split_to": float(s.split_to)})
+        with self._mapped("dividends"):
+            for d in self._client.list_dividends(ticker=ticker, ex_dividend_date_gte=start.isoformat(),
+                                                 ex_dividend_date_lte=end.isoformat(), limit=1000,
+                                                 sort="ex_dividend_date", order="asc"):
+                day = date.fromisoformat(d.ex_dividend_date)
+                rows.append({"symbol": sym.from_polygon(d.ticker), "action_type": "dividend", "ex_date": day,
+                             "announced_date": _day(d.declaration_date) or day, "cash_amount": d.cash_amount,
+                             "dividend_type": d.dividend_type if d.dividend_type in ("CD", "SC") else "CD",
+                             "record_date": _day(d.record_date), "pay_date": _day(d.pay_date)})
+        return rows
 
     def check_symbols(self, symbols: Sequence[str], day: date | str) -> None:
         """Raise UnknownSymbolError naming every symbol Polygon does not list on `day`."""
@@ -352,6 +402,10 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 
 def _day(text: str | None) -> date | None:
     return date.fromisoformat(text[:10]) if text else None
+
+
+def _session_on_or_after(day: date) -> date:
+    return day if calendar.is_session(day) else calendar.default_calendar().next_session(day)
 
 
 def _ticker_row(t, category: str, day: date) -> dict[str, Any]:

@@ -61,6 +61,7 @@ import pyarrow.compute as pc
 from market_platform import calendar
 from market_platform.errors import InvalidInputError
 from market_platform.schemas import BARS, CATEGORIES, QUOTES, TRADES, TS, UNIVERSE, Source, quote_seq
+from market_platform.sources import sim_actions
 from market_platform.sources import sim_random as rnd
 from market_platform.sources.sim_reference import (
     CRYPTO,
@@ -76,6 +77,7 @@ from market_platform.sources.sim_reference import (
     Reference,
     reference,
     third_fridays,
+    well_known,
 )
 
 UTC = timezone.utc
@@ -348,6 +350,7 @@ class _Skeleton:
     floor: np.ndarray
     lots: np.ndarray
     listing: np.ndarray
+    volume_factor: np.ndarray  # float64 per row: trade sizes times this (the inverse of the splits' factor)
     day_number: int
 
     def start_of(self, cr: np.ndarray, cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -477,6 +480,13 @@ def _trade_events(sk: _Skeleton, cr: np.ndarray, cm: np.ndarray) -> _Trades:
              (1.0 + np.floor(u_size * 400.0)) / 8.0],              # fractional shares, in eighths
             100.0 * (50.0 + np.floor(u_size * 250.0)),             # block
         )
+        factor = sk.volume_factor[row]
+        if (factor != 1.0).any():
+            # Splits scale sizes inversely to prices: whole shares stay whole, fractions in eighths.
+            whole = size == np.floor(size)
+            scaled = np.where(whole, np.maximum(1.0, np.rint(size * factor)),
+                              np.maximum(0.125, np.rint(size * factor * 8.0) / 8.0))
+            size = np.where(factor != 1.0, scaled, size)
     return _Trades(cell, j, keys & ((1 << 36) - 1), price, size, u_venue, u_class)
 
 
@@ -561,6 +571,12 @@ class SimMarket:
         self._by_rank = {g: np.flatnonzero(groups == g)[np.argsort(self._ref.rank[groups == g], kind="stable")]
                          for g in (EQUITY, OTC, CRYPTO_GROUP, REFERENCE_ONLY)}
         self._limits = {EQUITY: self.n_stocks, OTC: self.n_otc, CRYPTO_GROUP: self.n_crypto, REFERENCE_ONLY: None}
+        self._names = _names()
+
+    @property
+    def _actions(self) -> sim_actions.Schedule:
+        """Every corporate action of this seed's market (built once per process and seed)."""
+        return _schedule(self.seed)
 
     def __reduce__(self):
         # Pickle the four settings, not the arrays derived from them (workers rebuild in ~0.1 s).
@@ -606,13 +622,13 @@ class SimMarket:
         if category == "options":
             return sorted(self.universe("options", day).column("symbol").to_pylist())
         active, _ = self._category_rows(category, day.toordinal())
-        return sorted(self._ref.symbol[i] for i in active)
+        return sorted(self._names.symbols(active, day.toordinal()))
 
     def stock_symbols(self, day: date | str) -> list[str]:
         """The stocks and ETFs listed on `day` at this scale (what the stock stream subscribes to), sorted."""
         day = calendar.to_date(day)
         active, _ = self._scale_rows(EQUITY, day.toordinal())
-        return sorted(self._ref.symbol[i] for i in active)
+        return sorted(self._names.symbols(active, day.toordinal()))
 
     def universe(self, category: str, day: date | str, *, include_inactive: bool = False) -> pa.Table:
         """Point-in-time ticker snapshot (schemas.UNIVERSE) of `category` on `day`, sorted by symbol.
@@ -638,7 +654,8 @@ class SimMarket:
             cap[has_cap] = shares * np.exp(self._log_close(priced, ordinal - 1))
         is_active = np.arange(len(rows)) < len(active)
         table = pa.table({
-            "symbol": [ref.symbol[i] for i in rows],
+            # Inactive rows show the symbol they last traded under.
+            "symbol": [self._names.symbol(i, min(ordinal, int(ref.delist_day[i]) - 1)) for i in rows],
             "name": [ref.name[i] for i in rows],
             "category": [category] * len(rows),
             "type": [ref.type[i] for i in rows],
@@ -689,6 +706,65 @@ class SimMarket:
         })
         return _cast(table, UNIVERSE).sort_by("symbol")
 
+    # ----------------------------------------------------------------------- corporate actions
+
+    def corporate_actions(self, start: date | str, end: date | str, *,
+                          symbols: Sequence[str] | None = None, as_of: date | str | None = None) -> pa.Table:
+        """The simulated market's corporate actions (schemas.CORPORATE_ACTIONS, source `sim`) with
+        ex_date in [start, end], sorted by (symbol, ex_date, action_type, action_id).
+
+        Deterministic like the rest of the market (a function of the seed alone): forward splits
+        (2:1, 3:1, 3:2), reverse splits (1:10), quarterly cash dividends of about a third of the
+        stocks with now and then a special one, ticker renames (the history continues under the
+        new symbol: e.g. RDS.A became SHEL on 2022-01-31) and delistings (the symbol stops trading,
+        its history stays). Raw prices (every bar, trade and quote of this market) jump on the
+        ex-date exactly as the action says: a split multiplies them by split_from / split_to and its
+        volumes by split_to / split_from; a dividend takes cash_amount off the previous close.
+
+        `symbols`: None means the stock, ETF and OTC names trading at this scale on the day before
+        the action; otherwise those symbols (an action is included when its `symbol` or its
+        `new_symbol` is asked for), whatever the scale. `as_of`: keep only actions announced by
+        then (announced_date <= as_of), what a vendor would have served on that day.
+        """
+        start, end = calendar.to_date(start), calendar.to_date(end)
+        if start > end:
+            raise InvalidInputError(f"start {start.isoformat()} is after end {end.isoformat()}")
+        schedule = self._actions
+        pick = (schedule.ex >= start.toordinal()) & (schedule.ex <= end.toordinal())
+        if as_of is not None:
+            pick &= schedule.announced <= calendar.to_date(as_of).toordinal()
+        index = np.flatnonzero(pick)
+        if symbols is not None:
+            wanted = {symbols} if isinstance(symbols, str) else set(symbols)
+            unknown = sorted(str(s) for s in wanted if not isinstance(s, str) or self._names.row(s) is None)
+            if unknown:
+                raise InvalidInputError(f"unknown symbols {unknown[:20]}: expected symbols of the simulated universe")
+            index = np.array([i for i in index if schedule.symbol[i] in wanted or schedule.new_symbol[i] in wanted],
+                             dtype=np.int64)
+        else:
+            index = index[self._at_scale(schedule.row[index], schedule.ex[index])]
+        table = schedule.table(index)
+        return table.sort_by([("symbol", "ascending"), ("ex_date", "ascending"), ("action_type", "ascending"),
+                              ("action_id", "ascending")])
+
+    def _at_scale(self, rows: np.ndarray, ex: np.ndarray) -> np.ndarray:
+        """Whether each row traded at this scale on the calendar day before its ex-date."""
+        keep = np.zeros(len(rows), dtype=bool)
+        groups = self._ref.scale_group
+        for day in np.unique(ex):
+            at = np.flatnonzero(ex == day)
+            for group in (EQUITY, OTC):
+                active, _ = self._scale_rows(group, int(day) - 1)
+                keep[at] |= (groups[rows[at]] == group) & np.isin(rows[at], active)
+        return keep
+
+    def _log_close_at(self, rows: np.ndarray, ordinals: np.ndarray) -> np.ndarray:
+        """`_log_close` with one day per row (the continuous path: no corporate action applied)."""
+        p = self._params
+        w = rnd.brownian_at(p.path_key[rows], np.asarray(ordinals, np.int64) - EPOCH.toordinal(), _PATH_DEPTH)
+        x = np.log(self._ref.ref_price[rows]) + p.sigma[rows] * np.sqrt(252.0 / 365.0) * (w - self._w_ref[rows])
+        return rnd.fold(x, p.log_low[rows], p.log_high[rows])
+
     def _log_close(self, rows: np.ndarray, ordinal: int) -> np.ndarray:
         """Log closing price of `rows` on calendar day `ordinal`, from the daily path."""
         t = ordinal - EPOCH.toordinal()
@@ -713,21 +789,27 @@ class SimMarket:
         else:
             names = [symbols] if isinstance(symbols, str) else list(symbols)
         ref = self._ref
-        unknown = [s for s in names if s not in ref.index]
+        unknown = [s for s in names if not isinstance(s, str) or self._names.row(s) is None]
         if unknown:
             raise InvalidInputError(
                 f"unknown symbols {sorted(map(str, unknown))[:20]}: expected symbols of the simulated universe "
                 f"(e.g. AAPL, SPY, BTC/USD; see SimMarket.universe)"
             )
-        rows = np.array(sorted({ref.index[s] for s in names}, key=lambda i: ref.symbol[i]), dtype=np.int64)
+        ordinal = day.toordinal()
+        # A renamed row answers to the symbol it traded under on the day only.
+        traded = {self._names.row(s) for s in names if self._names.valid(s, ordinal)}
+        every = {self._names.row(s) for s in names}
+        rows = np.array(sorted(every, key=lambda i: ref.symbol[i]), dtype=np.int64)
         for i in rows:
             if ref.category[i] not in _MARKET_DATA_CATEGORIES:
                 raise InvalidInputError(
                     f"{ref.symbol[i]} is in category {ref.category[i]!r}, which has no simulated market data: "
                     f"expected one of {', '.join(_MARKET_DATA_CATEGORIES)}"
                 )
-        ordinal = day.toordinal()
-        listed = rows[(ref.list_day[rows] <= ordinal) & (ordinal < ref.delist_day[rows])]
+        listed = rows[(ref.list_day[rows] <= ordinal) & (ordinal < ref.delist_day[rows])
+                      & np.isin(rows, np.fromiter(traded, np.int64, len(traded)))]
+        # Rows sorted by the symbol they trade under on the day (the tables' order).
+        listed = listed[np.argsort(self._names.symbols(listed, ordinal), kind="stable")] if len(listed) else listed
         kinds = self._params.kind[listed]
         out = []
         if (self._params.kind[rows] == STOCK).any():
@@ -794,8 +876,11 @@ class SimMarket:
         q = np.floor(intensity * p.quotes[rows][:, None] * quote_burst + u_q).astype(np.int32)
         k = np.minimum(q, np.floor(_CHANGE_RATE * np.sqrt(q) + u_k)).astype(np.int32)
 
-        # The anchor: a Brownian bridge from the previous close to today's, in variance time.
-        a, b = self._log_close(rows, ordinal - 1), self._log_close(rows, ordinal)
+        # The anchor: a Brownian bridge from the previous close to today's, in variance time, in
+        # today's raw terms: the corporate actions in effect today scale the whole day, so the
+        # session opens at the previous close times the ex-date's factor.
+        log_c, log_split = self._actions.factors(rows, ordinal)
+        a, b = self._log_close(rows, ordinal - 1) + log_c, self._log_close(rows, ordinal) + log_c
         sigma, scale = p.sigma[rows], p.scale[rows]
         var_cum = np.cumsum(grid.variance)
         var_frac = var_cum / var_cum[-1]
@@ -812,7 +897,7 @@ class SimMarket:
         moved = k > 0
         n64 = n.astype(np.int64)
         return _Skeleton(
-            grid=grid, rows=rows, symbols=pa.array([self._ref.symbol[i] for i in rows], pa.string()),
+            grid=grid, rows=rows, symbols=pa.array(self._names.symbols(rows, ordinal), pa.string()),
             n=n, q=q, k=k,
             bid=_forward_fill(bid_raw, moved, bid_open),
             spread=_forward_fill(spread_raw, moved, spread_open).astype(np.int32),
@@ -821,7 +906,7 @@ class SimMarket:
             wander=(0.5 * mid * sigma[:, None] * np.sqrt(grid.variance)[None, :]).astype(np.float32),
             spread_base=spread_base, trade_seq=(np.cumsum(n64, axis=1) - n64).astype(np.int32), keys=keys,
             scale=scale, floor=floor, lots=p.lots[rows], listing=p.listing[rows],
-            day_number=ordinal - EPOCH.toordinal(),
+            volume_factor=np.exp(-log_split), day_number=ordinal - EPOCH.toordinal(),
         )
 
     # ----------------------------------------------------------------------- counts
@@ -997,6 +1082,17 @@ class SimMarket:
             table = _quote_table(sk, cr, cm, start_ns, end_ns) if quotes else \
                 _trade_table(sk, cr, cm, start_ns, end_ns, time_order=True)
             yield from table.to_batches(max_chunksize=batch_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _names() -> sim_actions.Names:
+    return sim_actions.Names(reference())
+
+
+@functools.lru_cache(maxsize=4)
+def _schedule(seed: int) -> sim_actions.Schedule:
+    market = SimMarket(seed, n_stocks=0, n_crypto=0)
+    return sim_actions.build(market._ref, market._log_close_at, well_known())
 
 
 def _rebuild(seed: int, n_stocks: int, n_crypto: int, activity: float) -> SimMarket:

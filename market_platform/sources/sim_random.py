@@ -99,6 +99,31 @@ def brownian(keys: np.ndarray, t: int, depth: int) -> np.ndarray:
     return w_lo if t == lo else w_hi
 
 
+def brownian_at(keys: np.ndarray, t: np.ndarray, depth: int) -> np.ndarray:
+    """`brownian` with one time per key: W_i(t_i), the same values `brownian(keys[i], t[i], depth)` gives."""
+    span = 1 << depth
+    keys = np.asarray(keys, dtype=np.uint64)
+    t = np.broadcast_to(np.asarray(t, dtype=np.int64), keys.shape)
+    if ((t < 0) | (t > span)).any():
+        raise ValueError(f"times outside [0, {span}]: {t[(t < 0) | (t > span)][:5].tolist()}")
+    lo, hi = np.zeros(keys.shape, np.int64), np.full(keys.shape, span, np.int64)
+    w_lo = np.zeros(keys.shape)
+    w_hi = np.sqrt(float(span)) * normal(bits(keys, np.zeros(keys.shape, np.uint64)))
+    node = np.ones(keys.shape, np.uint64)
+    active = (hi - lo > 1) & (t != lo) & (t != hi)
+    while active.any():
+        mid = (lo + hi) // 2
+        z = normal(bits(keys, node))
+        w_mid = 0.5 * (w_lo + w_hi) + np.sqrt((hi - lo) / 4.0) * z
+        left = active & (t < mid)
+        right = active & ~left
+        hi, w_hi = np.where(left, mid, hi), np.where(left, w_mid, w_hi)
+        lo, w_lo = np.where(right, mid, lo), np.where(right, w_mid, w_lo)
+        node = np.where(active, 2 * node + right.astype(np.uint64), node)
+        active = (hi - lo > 1) & (t != lo) & (t != hi)
+    return np.where(t == lo, w_lo, w_hi)
+
+
 def fold(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Reflect `x` into [low, high] (a triangle wave): keeps a random walk between two walls."""
     width = high - low

@@ -272,6 +272,11 @@ class Reference:
 REFERENCE_DAY = date(2024, 6, 28)
 
 
+def well_known() -> frozenset[str]:
+    """The fixed, well-known names at the top of the list (stocks and ETFs)."""
+    return frozenset(row[0] for row in (*_EQUITIES, *_ETFS))
+
+
 def _bits(field: str, n: int) -> np.ndarray:
     keys = np.full(n, derive(_UNIVERSE_KEY, text_key(field))[0], dtype=np.uint64)
     return bits(keys, np.arange(n, dtype=np.uint64))

@@ -134,6 +134,8 @@ PLATFORM_DATASETS: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     # Universe snapshots, per category and day; the top-3000 ranking per day.
     "universe": (schemas.UNIVERSE, ("category", "date")),
     "top3000": (schemas.RANKED_UNIVERSE, ("date",)),
+    # Corporate actions: one file per reporting source, replaced whole by each refresh.
+    "corporate_actions": (schemas.CORPORATE_ACTIONS, ("source",)),
     # Derived data.
     "daily_metrics": (schemas.DAILY_METRICS, ("date",)),
     "intraday_metrics": (schemas.INTRADAY_METRICS, ("date",)),
@@ -294,6 +296,15 @@ class Lake:
         """The partition's rows as stored (sorted, without Hive key columns); `columns` selects some."""
         spec = partition_spec(dataset, partition)
         return self._read(f"{_partition_dir(dataset, spec)}/{DATA_FILE}", _label(dataset, spec), columns)
+
+    def file_metadata(self, dataset: str, partition: Partition) -> dict[bytes, bytes]:
+        """The key-value metadata of a partition's Parquet file (its Arrow schema's), e.g.
+        schemas.RAW_BARS_KEY; raises PartitionNotFoundError when there is no such partition."""
+        spec = partition_spec(dataset, partition)
+        rel = f"{_partition_dir(dataset, spec)}/{DATA_FILE}"
+        with self._errors(f"reading {_label(dataset, spec)}", missing=rel):
+            with self._store.fs.open_input_file(self._store.path(rel)) as file:
+                return dict(pq.ParquetFile(file).schema_arrow.metadata or {})
 
     def has_partition(self, dataset: str, partition: Partition) -> bool:
         spec = partition_spec(dataset, partition)

@@ -174,6 +174,7 @@ class TickStore:
     write_trades = _delegate("_writers", Writers.write_trades)
     write_bars = _delegate("_writers", Writers.write_bars)
     write_universe = _delegate("_writers", Writers.write_universe)
+    write_corporate_actions = _delegate("_writers", Writers.write_corporate_actions)
     write_stream_stats = _delegate("_writers", Writers.write_stream_stats)
     record_gap = _delegate("_writers", Writers.record_gap)
     close_gap = _delegate("_writers", Writers.close_gap)

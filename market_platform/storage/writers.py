@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from market_platform.errors import InvalidInputError
-from market_platform.schemas import BARS, KEYS, QUOTES, TRADES, UNIVERSE, conform
+from market_platform.schemas import BARS, CORPORATE_ACTIONS, KEYS, QUOTES, TRADES, UNIVERSE, conform
 from market_platform.storage import pgbinary
 from market_platform.storage.maintenance import Maintenance, aware
 from market_platform.storage.migrations import LIVE_TABLES, Schema
@@ -143,6 +143,49 @@ class Writers:
                 f"universe rows repeat the key (snapshot_date, category, symbol): {duplicates[:5]}"
             )
         return self._write("universe", rows, "replace")
+
+    def write_corporate_actions(self, table: pa.Table, *, source: str, start: Any = None, end: Any = None,
+                                symbols: Sequence[str] | None = None) -> int:
+        """Replace `source`'s stored corporate actions (schemas.CORPORATE_ACTIONS) with ex_date in
+        [start, end] (None: unbounded) — with `symbols`, only those whose symbol or new_symbol is
+        one of them — by `table`'s rows, in one transaction; returns the rows written.
+
+        What a refresh of that window fetched is then exactly what the store holds for it.
+        Raises InvalidInputError for rows of another source or repeated action ids.
+        """
+        rows = conform(table, CORPORATE_ACTIONS)
+        other = rows.filter(pc.not_equal(rows.column("source"), source))
+        if other.num_rows:
+            raise InvalidInputError(f"corporate actions of source {other.column('source')[0].as_py()!r} in a write "
+                                    f"of source {source!r}: expected only {source!r}")
+        duplicates = _duplicate_keys(rows, KEYS["corporate_actions"])
+        if duplicates:
+            raise InvalidInputError(f"corporate actions repeat the key (action_id, source): {duplicates[:5]}")
+        where = [sql.SQL("source = {}").format(sql.Literal(source))]
+        if start is not None:
+            where.append(sql.SQL("ex_date >= {}").format(sql.Literal(start)))
+        if end is not None:
+            where.append(sql.SQL("ex_date <= {}").format(sql.Literal(end)))
+        if symbols is not None:
+            names = sql.Literal(list(symbols))
+            where.append(sql.SQL("(symbol = ANY({n}) OR new_symbol = ANY({n}))").format(n=names))
+        with self._connection.session() as conn:
+            stage = self._stage(conn, "corporate_actions")  # before the write's transaction (see _stage)
+            with conn.transaction():
+                return self._replace_actions(conn, stage, rows, where)
+
+    def _replace_actions(self, conn: psycopg.Connection, stage: sql.Identifier, rows: pa.Table,
+                         where: list[sql.Composable]) -> int:
+        conn.execute(sql.SQL("DELETE FROM corporate_actions WHERE ") + sql.SQL(" AND ").join(where))
+        if not rows.num_rows:
+            return 0
+        columns, _ = self._copy(conn, stage, rows)
+        return conn.execute(sql.SQL(
+            "INSERT INTO corporate_actions ({c}) SELECT {c} FROM {s} ON CONFLICT (action_id, source) DO UPDATE SET "
+        ).format(c=columns, s=stage) + sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
+            for name in CORPORATE_ACTIONS.names if name not in KEYS["corporate_actions"]
+        )).rowcount
 
     def _write(self, target: str, table: pa.Table, mode: str) -> int:
         if table.num_rows == 0:

@@ -8,6 +8,10 @@ source per session follows `Vendors.choose`: Flat Files for sessions older than 
 recent ones, Alpaca as the alternative provider; every run is resumable at ticker granularity and
 merges into the session (`history.bars`). A run of several sessions materializes each with its own
 metadata (`context.add_asset_metadata(..., partition_key=...)`).
+
+Every bar dataset is raw: prices and volumes as traded, never split- or dividend-adjusted (REST is
+asked `adjusted=false` / `adjustment=raw`; each file carries schemas.RAW_BARS_KEY). Adjusted views
+are computed at read time from `corporate_actions`.
 """
 
 from datetime import date
@@ -87,8 +91,9 @@ def minute_bars(
     context: dg.AssetExecutionContext, config: BarsConfig, vendors: VendorsResource, lake: LakeResource
 ) -> dg.MaterializeResult:
     """One row per ticker and minute of a session (pre-market to after-hours) in which the ticker
-    traded, as the vendor sent it: open, high, low, close, volume, VWAP (none from Flat Files),
-    trade count, and the source (polygon_flatfiles, polygon_rest or alpaca_rest)."""
+    traded, as the vendor sent it and raw (as traded, never split-adjusted): open, high, low, close,
+    volume, VWAP (none from Flat Files), trade count, and the source (polygon_flatfiles,
+    polygon_rest or alpaca_rest)."""
     return backfill_partitions(context, config, vendors, lake, "1m")
 
 
@@ -105,8 +110,8 @@ def build_vendor_bars(timeframe: str) -> dg.AssetsDefinition:
         description=(
             f"The vendor's own {timeframe} bars of a session (Polygon or Alpaca aggregates"
             + (", or the Flat Files' day aggregates for old sessions" if timeframe == "1d" else "")
-            + f"), beside the platform's `{rollups.dataset_for(timeframe)}` rollup and never over it: one row per "
-              "ticker and bucket, resumable and merged like `minute_bars`."
+            + f"), raw (never split-adjusted), beside the platform's `{rollups.dataset_for(timeframe)}` rollup "
+              "and never over it: one row per ticker and bucket, resumable and merged like `minute_bars`."
         ),
     )
     def _vendor_bars(
@@ -135,7 +140,7 @@ def build_rollup(timeframe: str) -> dg.AssetsDefinition:
         description=(
             f"{timeframe} bars rolled up by DuckDB from `minute_bars`: buckets clock-aligned in New "
             "York time like the vendors' own, the daily bar spanning the whole session; one row per "
-            "symbol, bucket and source."
+            "symbol, bucket and source; raw like the minute bars they roll up."
         ),
     )
     def _rollup(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:

@@ -24,6 +24,7 @@ from market_platform.analytics import quality
 from market_platform.defs.bars.assets import minute_bars
 from market_platform.defs.partitions import partitioned_check, trading_days_def
 from market_platform.defs.resources import LakeResource, TickStoreResource
+from market_platform.history import raw
 
 
 def check_result(outcome: quality.CheckOutcome, *, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
@@ -106,6 +107,12 @@ def sources_agree(
 
 def _sources_agree(lake: LakeResource, tick_store: TickStoreResource, key: str) -> quality.CheckOutcome:
     session = calendar.session(key)
+    if lake.lake().has_partition("minute_bars", key) and not raw.is_raw(lake.lake(), "minute_bars", session.day):
+        # Like with like: these REST bars may be split-adjusted, every other source's are raw.
+        command = raw.rebuild_command([raw.Suspect("minute_bars", session.day, 0, ())])[0]
+        return quality.CheckOutcome(False, f"not compared: the {key} partition holds Polygon REST bars written before "
+                                           f"bars were stored raw (possibly split-adjusted); fetch them again, raw: "
+                                           f"{command}", {"raw": False})
     left = _bars(lake, key)
     right = tick_store.store().read_bars("1m", session.start, session.end)
     label = "tick store bars_1m"

@@ -47,19 +47,28 @@ def history_requests(lake: Lake, category: str, day: date, *, sessions: int = NE
     return requests
 
 
-@dg.sensor(job=bars_job, minimum_interval_seconds=60)
-def universe_change_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
-    """Requests minute bars of the last year for tickers a new stock universe snapshot adds."""
+def new_stock_snapshots(context: dg.SensorEvaluationContext) -> list[tuple[str, date]]:
+    """(category, snapshot day) of the stock categories' `ticker_universe` materializations since
+    the sensor's cursor, which moves past them."""
     after = int(context.cursor) if context.cursor else None
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=ticker_universe.key, after_storage_id=after), limit=100, ascending=True,
     ).records
-    requests = []
+    found = []
     for record in records:
         category = record.partition_key
         snapshot = record.asset_materialization.metadata.get("snapshot_date")
         if category in universe.STOCK_CATEGORIES and snapshot is not None:
-            requests.extend(history_requests(lake.lake(), category, date.fromisoformat(snapshot.value)))
+            found.append((category, date.fromisoformat(snapshot.value)))
     if records:
         context.update_cursor(str(records[-1].storage_id))
+    return found
+
+
+@dg.sensor(job=bars_job, minimum_interval_seconds=60)
+def universe_change_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+    """Requests minute bars of the last year for tickers a new stock universe snapshot adds."""
+    requests = []
+    for category, day in new_stock_snapshots(context):
+        requests.extend(history_requests(lake.lake(), category, day))
     return requests or dg.SkipReason("no stock universe snapshot added tickers")
