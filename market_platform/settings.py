@@ -5,6 +5,7 @@
 | MARKET_PLATFORM_HOME   | local state: lake, Dagster home, local db    | ./.market_platform               |
 | MARKET_DB_URL          | PostgreSQL/TimescaleDB URL of the tick store | an embedded server under the home |
 | MARKET_LAKE_URL        | Parquet lake root: a path or s3://bucket/pfx | $MARKET_PLATFORM_HOME/lake       |
+| MARKET_HISTORY_START   | first session of the trading-day partitions  | January 1 of the previous year   |
 
 Scale-out (read by `defs.executor`, the `worker` command and the vendors' rate limiters):
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 HOME_VAR = "MARKET_PLATFORM_HOME"
@@ -59,6 +61,7 @@ ALPACA_DATA_URL_VAR = "ALPACA_DATA_URL"
 ALPACA_STREAM_URL_VAR = "ALPACA_STREAM_URL"
 ALPACA_TRADING_URL_VAR = "ALPACA_TRADING_URL"
 ALPACA_RATE_LIMIT_VAR = "ALPACA_RATE_LIMIT"
+HISTORY_START_VAR = "MARKET_HISTORY_START"
 SIM_STOCKS_VAR = "MARKET_SIM_STOCKS"
 SIM_ACTIVITY_VAR = "MARKET_SIM_ACTIVITY"
 
@@ -72,6 +75,29 @@ def home() -> Path:
 
 def lake_url() -> str:
     return os.environ.get(LAKE_URL_VAR) or str(home() / "lake")
+
+
+def history_start(today: date | None = None) -> date:
+    """The first day of the trading-day partitions (what the UI counts as history to fill, and the
+    oldest session a backfill accepts): MARKET_HISTORY_START, YYYY-MM-DD from 2004-01-02 (the
+    calendar's start) to today, else January 1 of the year before `today` (default: today in
+    UTC). The default holds a year of sessions or more, the demo's among them, and moves once a
+    year; a deployment keeping older history sets the variable."""
+    from market_platform.errors import ConfigError
+
+    today = today or datetime.now(timezone.utc).date()
+    raw = (os.environ.get(HISTORY_START_VAR) or "").strip()
+    if not raw:
+        return date(today.year - 1, 1, 1)
+    try:
+        start = date.fromisoformat(raw)
+    except ValueError:
+        start = None
+    if start is None or not date(2004, 1, 2) <= start <= today:
+        raise ConfigError(f"{HISTORY_START_VAR}={raw!r}: expected a day YYYY-MM-DD from 2004-01-02 to "
+                          f"{today.isoformat()} (the first session of the history), or unset it for "
+                          f"{date(today.year - 1, 1, 1).isoformat()}")
+    return start
 
 
 def celery_broker_url() -> str | None:
@@ -119,19 +145,42 @@ def sql_dir() -> Path:
     raise FileNotFoundError(f"no sql/ folder beside or inside {package}")
 
 
+#: The simulated market `market-platform demo` built, kept for every later command of its home.
+SIM_MARKET_FILE = "sim_market.json"
+
+
 def sim_market_size() -> tuple[int, float]:
     """(stocks and ETFs, activity) of the simulated market every entry point serves (backfills,
-    the stream's replay, the demo): MARKET_SIM_STOCKS (default 3000) and MARKET_SIM_ACTIVITY
-    (default 1.0, about 80 million quotes a full session at 3,000 stocks)."""
+    the stream's replay, snapshots, the demo, the UI's runs): MARKET_SIM_STOCKS and
+    MARKET_SIM_ACTIVITY, else the market the demo built in this home ($MARKET_PLATFORM_HOME/
+    sim_market.json), else 3000 stocks at activity 1.0 (about 80 million quotes a full session)."""
+    import json
+
     from market_platform.errors import ConfigError
 
+    kept: dict = {}
+    if not os.environ.get(SIM_STOCKS_VAR) or not os.environ.get(SIM_ACTIVITY_VAR):
+        try:
+            kept = json.loads((home() / SIM_MARKET_FILE).read_text())
+        except (OSError, ValueError):
+            kept = {}
     try:
-        stocks = int(os.environ.get(SIM_STOCKS_VAR) or 3000)
-        activity = float(os.environ.get(SIM_ACTIVITY_VAR) or 1.0)
-    except ValueError:
+        stocks = int(os.environ.get(SIM_STOCKS_VAR) or kept.get("stocks") or 3000)
+        activity = float(os.environ.get(SIM_ACTIVITY_VAR) or kept.get("activity") or 1.0)
+    except (TypeError, ValueError):
         stocks, activity = 0, 0.0
     if stocks < 1 or not 0 < activity < float("inf"):
         raise ConfigError(f"{SIM_STOCKS_VAR}={os.environ.get(SIM_STOCKS_VAR)!r}, {SIM_ACTIVITY_VAR}="
-                          f"{os.environ.get(SIM_ACTIVITY_VAR)!r}: expected a whole number of stocks >= 1 and a "
-                          "positive activity (1.0 is a full market)")
+                          f"{os.environ.get(SIM_ACTIVITY_VAR)!r} ({home() / SIM_MARKET_FILE}: {kept or 'none'}): "
+                          "expected a whole number of stocks >= 1 and a positive activity (1.0 is a full market)")
     return stocks, activity
+
+
+def keep_sim_market(stocks: int, activity: float) -> None:
+    """Record the demo's simulated market in the home, for every later command (atomically)."""
+    import json
+
+    path = home() / SIM_MARKET_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"stocks": stocks, "activity": activity}) + "\n")
+    tmp.replace(path)

@@ -1,5 +1,12 @@
 """Shared fixtures. Each layer's fixtures live in market_platform_tests/fixtures/ as a pytest plugin."""
 
+import os
+
+from market_platform_tests.fixtures import HISTORY_START
+
+# Before any module builds the trading-day partitions (they read it when the definitions load).
+os.environ["MARKET_HISTORY_START"] = HISTORY_START
+
 pytest_plugins: list[str] = [
     "market_platform_tests.fixtures.db",
     "market_platform_tests.fixtures.lake",

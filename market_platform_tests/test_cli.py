@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from market_platform.storage.lake import Lake
+from market_platform_tests.fixtures import HISTORY_START
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -28,6 +29,7 @@ def env(tmp_path, make_database) -> dict[str, str]:
         "MARKET_PLATFORM_HOME": str(tmp_path / "home"),
         "MARKET_DB_URL": make_database("postgres"),
         "MARKET_SIM_STOCKS": "20",
+        "MARKET_HISTORY_START": HISTORY_START,
     }
 
 
@@ -74,38 +76,80 @@ def test_db_init_then_status(env, pg_server_variant):
     assert bars[1] == "0" and bars[4:6] == ["-", "-"]  # rows; no oldest or newest day: nothing stored
 
 
-def test_demo_backfills_through_the_replay_servers(env):
-    result = run([str(BIN / "market-platform"), "demo", "--sessions", "1", "--history", "1", "--stocks", "20"],
-                 {**env, "POLYGON_API_KEY": "a-real-key-the-demo-must-not-use"})
+def test_demo_backfills_through_the_replay_servers(env, monkeypatch):
+    result = run([str(BIN / "market-platform"), "demo", "--sessions", "1", "--history", "1", "--stocks", "20",
+                  "--no-stream"], {**env, "POLYGON_API_KEY": "a-real-key-the-demo-must-not-use"})
     assert result.returncode == 0, result.stderr
     assert "built 2 sessions of 20 simulated stocks through the replay servers" in result.stdout
     assert "the local replay servers (no vendor keys set)" in result.stdout
     lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
     assert set(lake.datasets()) >= {"minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "universe",
-                                    "vendor_bars_1d"}
+                                    "vendor_bars_1d", "daily_metrics", "intraday_metrics", "return_features",
+                                    "return_forecast"}
     sources = lake.query("SELECT DISTINCT source FROM minute_bars ORDER BY 1")["source"].to_pylist()
     assert sources == ["polygon_flatfiles", "polygon_rest"]  # two months ago from the files, yesterday from REST
+    days = lake.dates("minute_bars")
+    assert lake.dates("daily_metrics") == lake.dates("intraday_metrics") == days and len(days) == 2
+    # Quiet: no warnings of Dagster's beta APIs, no embedded-PostgreSQL internals, no traceback.
+    for noise in ("Warning", "PG_VERSION", "postmaster_info", "remaining pids", "Traceback"):
+        assert noise not in result.stdout + result.stderr
+    assert "market-platform db stop" in result.stdout and "a later command starts it again" in result.stdout
+    # One simulated market: later commands of this home serve the demo's, not 3,000 stocks.
+    from market_platform import settings
+
+    monkeypatch.delenv("MARKET_SIM_STOCKS", raising=False)
+    monkeypatch.delenv("MARKET_SIM_ACTIVITY", raising=False)
+    monkeypatch.setenv("MARKET_PLATFORM_HOME", env["MARKET_PLATFORM_HOME"])
+    assert settings.sim_market_size() == (20, 1.0)
+    monkeypatch.setenv("MARKET_SIM_STOCKS", "30")
+    assert settings.sim_market_size() == (30, 1.0)  # the variable still decides
+
+    # In the UI: the metrics group materialized per session; every run with its target (asset
+    # selection) and its code location (the Overview timeline shows only those).
+    import dagster as dg
+
+    monkeypatch.setenv("MARKET_DB_URL", env["MARKET_DB_URL"])
+    with dg.DagsterInstance.from_config(str(Path(env["MARKET_PLATFORM_HOME"]) / "dagster")) as instance:
+        with instance.event_log_storage.index_connection() as conn:  # run events: no wait for the disk each
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        for name in ("daily_metrics", "intraday_metrics", "return_features", "return_forecast", "minute_bars"):
+            assert instance.get_materialized_partitions(dg.AssetKey(name)) == set(days), name
+        records = instance.get_run_records()
+        assert len(records) >= 4  # two universes, then bars and metrics backfills
+        for record in records:
+            dagster_run = record.dagster_run
+            assert dagster_run.asset_selection and record.start_time is not None, dagster_run.run_id
+            origin = dagster_run.remote_job_origin
+            assert (origin.location_name, origin.repository_origin.repository_name) == \
+                ("market_platform", "__repository__")
+        assert {dg.AssetKey("daily_metrics"), dg.AssetKey("return_forecast")} in [
+            set(r.dagster_run.asset_selection) & {dg.AssetKey("daily_metrics"), dg.AssetKey("return_forecast")}
+            for r in records]
 
 
-def test_dagster_cli_validates_materializes_and_executes_from_the_repository_root(env):
+def test_dagster_cli_validates_materializes_and_executes_from_the_repository_root(env, tmp_path):
     validate = run([str(BIN / "dagster"), "definitions", "validate"], env)
     assert validate.returncode == 0, validate.stderr[-2000:]
 
     lake = Lake(str(Path(env["MARKET_PLATFORM_HOME"]) / "lake"))
-    # No vendor key: the replay servers start in the run's process.
+    # No vendor key: the replay servers start in the run's process. Dagster's default executor
+    # starts a process per step (a second or more each): the first command, one step, keeps it;
+    # the others (bars_job: nine steps) take the in-process one.
+    in_process = ["--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})]
+    (tmp_path / "in_process.yaml").write_text("execution:\n  config:\n    in_process: {}\n")
     universe = run([str(BIN / "dagster"), "asset", "materialize", "-m", "market_platform.definitions",
                     "--select", "ticker_universe", "--partition", "us_equities"], env)
     assert universe.returncode == 0, universe.stderr[-2000:]
     assert lake.partitions("universe")[0]["category"] == "us_equities"
     materialize = run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "market_platform.definitions",
-         "--select", "minute_bars", "--partition", "2024-11-29"], env)
+         "--select", "minute_bars", "--partition", "2024-11-29", *in_process], env)
     assert materialize.returncode == 0, materialize.stderr[-2000:]
     assert lake.count("minute_bars", "2024-11-29") > 0
 
     execute = run(
         [str(BIN / "dagster"), "job", "execute", "-m", "market_platform.definitions", "-j", "bars_job",
-         "--tags", json.dumps({"dagster/partition": "2024-11-26"})], env)
+         "--tags", json.dumps({"dagster/partition": "2024-11-26"}), "-c", str(tmp_path / "in_process.yaml")], env)
     assert execute.returncode == 0, execute.stderr[-2000:]
     symbols = lake.query("SELECT count(DISTINCT symbol) AS n FROM minute_bars WHERE date = '2024-11-26'")["n"][0].as_py()
     assert lake.count("bars_1d", "2024-11-26") == symbols > 0
@@ -132,7 +176,7 @@ def assert_one_line(result, *fragments: str) -> None:
 def test_settings_that_would_fail_a_run_are_one_line_before_any_run(tmp_path, make_database, replay):
     home, url = tmp_path / "home", make_database("postgres")
     clean = {name: None for name in os.environ if name.startswith(("ALPACA_", "POLYGON_", "MARKET_", "DAGSTER_"))}
-    base = {**clean, "MARKET_PLATFORM_HOME": str(home), "MARKET_DB_URL": url}
+    base = {**clean, "MARKET_PLATFORM_HOME": str(home), "MARKET_DB_URL": url, "MARKET_HISTORY_START": HISTORY_START}
     (tmp_path / "a-file").write_text("not a lake")
     alpaca_only = {**base, **{k: v for k, v in replay.env(rates=True).items() if k.startswith("ALPACA_")}}
     for args, env, fragments in (

@@ -68,6 +68,17 @@ def test_bad_input_is_one_error_line_and_writes_nothing(history_env, args, fragm
     assert_refused(run(args, history_env), history_env, *fragments)
 
 
+@pytest.mark.parametrize("args, fragments", [
+    (["backfill", "--from", "2023-12-27", "--to", "2024-01-03"],
+     ["session 2023-12-27 is before the history start 2024-01-02", "set MARKET_HISTORY_START=2023-12-27"]),
+    (["materialize", "--select", "minute_bars", "--partition", "2023-12-29"],
+     ["session 2023-12-29 is before the history start 2024-01-02"]),
+])
+def test_sessions_before_the_history_start_are_refused(history_env, args, fragments):
+    env = {**history_env, "MARKET_HISTORY_START": "2024-01-02"}
+    assert_refused(run(args, env), env, *fragments)
+
+
 def test_a_rejected_key_is_named_as_the_problem_and_never_shown(history_env):
     env = {**history_env, "POLYGON_API_KEY": "sk-live-9d8c7b6a5f4e"}
     result = run(["backfill", "--from", "2024-11-25", "--to", "2024-11-25", "--tickers", "AAPL"], env)
@@ -84,8 +95,8 @@ def test_a_run_that_fails_inside_dagster_is_one_line_and_writes_nothing(history_
                          sim.universe("us_equities", "2024-11-22"))
     result = run(["backfill", "--from", "2024-11-25", "--to", "2024-11-25", "--source", "polygon_rest"], env)
     assert result.returncode == 2, result.stderr
-    # Python warnings aside (another matter), the progress bar's label and the error line.
-    lines = [line for line in result.stderr.splitlines() if "Warning: " not in line and not line.startswith("  ")]
+    # The progress bar's label and the error line; no warning (Dagster's BetaWarnings: issue 11).
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and len(lines) <= 2 and "Traceback" not in result.stderr, result.stderr
     assert "Polygon rejected the credentials" in errors[0] and "check POLYGON_API_KEY" in errors[0]
@@ -101,6 +112,7 @@ def test_discover_backfill_and_status(history_env, sim, monkeypatch):
     backfill = run(["backfill", "--from", "2024-11-25", "--to", "2024-11-27", "--timeframes", "1m,5m"], env)
     assert backfill.returncode == 0, backfill.stderr
     assert "3 sessions (2024-11-25 to 2024-11-27), timeframes 1m,5m, 1 runs (in-process)" in backfill.stdout
+    assert "Warning" not in backfill.stdout + backfill.stderr  # none of Dagster's nine BetaWarnings (issue 11)
 
     lake = lake_of(env)
     symbols = sorted(sim.symbols("2024-11-25", category="us_equities"))[:4]
@@ -127,6 +139,11 @@ def test_discover_backfill_and_status(history_env, sim, monkeypatch):
     assert record.status == BulkActionStatus.COMPLETED_SUCCESS and record.title.startswith("backfill 2024-11-25")
     runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": record.backfill_id}))
     assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
+    # The run's target as the UI shows it, and the code location the Overview timeline groups it by.
+    assert runs[0].asset_selection == {dg.AssetKey(k) for k in ("minute_bars", "bars_5m", "bars_15m", "bars_1h",
+                                                                 "bars_1d", "vendor_bars_5m")}
+    assert runs[0].remote_job_origin.location_name == "market_platform"
+    assert runs[0].run_config["execution"] == {"config": {"in_process": {}}}
     instance.dispose()
 
 

@@ -1,6 +1,9 @@
 """The bars slice through Dagster: universe snapshot -> minute bars from the vendors (the real clients
 on the replay servers) -> rollups, on a real lake."""
 
+import os
+import subprocess
+import sys
 from datetime import date
 
 import dagster as dg
@@ -8,12 +11,14 @@ import pandas as pd
 import pyarrow.compute as pc
 import pytest
 
-from market_platform import calendar
+from market_platform import calendar, settings
 from market_platform.defs.bars.assets import bars_15m, bars_1d, bars_1h, bars_5m, bars_job, minute_bars
-from market_platform.defs.partitions import categories_def, trading_days_def
+from market_platform.defs.partitions import categories_def, trading_days, trading_days_def
 from market_platform.defs.resources import LakeResource
 from market_platform.definitions import defs
+from market_platform.errors import ConfigError
 from market_platform.history import universe
+from market_platform_tests.fixtures import HISTORY_START
 from market_platform_tests.fixtures.history import replay_vendors
 
 ASSETS = [minute_bars, bars_5m, bars_15m, bars_1h, bars_1d]
@@ -61,11 +66,28 @@ def test_definitions_load_with_no_secrets(monkeypatch, tmp_path):
 
 def test_trading_days_partitions_follow_the_exchange_calendar():
     keys = trading_days_def.get_partition_keys()
-    assert keys[0] == "2004-01-02"
+    assert keys[0] == HISTORY_START == os.environ["MARKET_HISTORY_START"]  # conftest sets it
     assert len([k for k in keys if k.startswith("2024")]) == 252
     for holiday in ("2024-07-04", "2024-12-25", "2025-01-09"):  # 2025-01-09: national day of mourning
         assert holiday not in keys
     assert HALF_DAY in keys and "2024-11-30" not in keys
+    assert trading_days("2024-01-01").get_partition_keys()[0] == "2024-01-02"  # from the first session on
+
+
+def test_history_start_defaults_to_last_january_and_honours_the_setting(monkeypatch):
+    monkeypatch.delenv("MARKET_HISTORY_START")
+    assert settings.history_start(date(2026, 12, 2)) == date(2025, 1, 1)
+    assert settings.history_start(date(2027, 1, 4)) == date(2026, 1, 1)
+    january = date(date.today().year - 1, 1, 1)
+    assert trading_days().get_partition_keys()[0] == calendar.sessions(january, date(january.year, 1, 10))[0].isoformat()
+    monkeypatch.setenv("MARKET_HISTORY_START", "2026-10-01")
+    assert settings.history_start() == date(2026, 10, 1)
+    assert trading_days().get_partition_keys()[:2] == ["2026-10-01", "2026-10-02"]
+    for bad in ("2003-12-31", "2026-13-01", "next year", "2999-01-01"):
+        monkeypatch.setenv("MARKET_HISTORY_START", bad)
+        with pytest.raises(ConfigError, match=f"MARKET_HISTORY_START='{bad}': expected a day YYYY-MM-DD from "
+                                              "2004-01-02"):
+            settings.history_start()
 
 
 def test_bars_job_builds_the_lake_and_a_rerun_gives_identical_files(resources, sim):
@@ -132,3 +154,25 @@ def test_minute_bars_without_a_universe_snapshot_fails_clearly(resources):
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "no stocks universe snapshot in the lake: discover it first" in str(failure.step_failure_data.error)
+
+
+def test_the_platform_defines_its_objects_without_beta_or_preview_warnings_and_users_still_get_theirs():
+    """Issue 11: nine BetaWarnings per backfill. The platform's knowing uses of beta and preview
+    APIs are silenced where they are made; the same API in a user's code still warns."""
+    code = "\n".join([
+        "import warnings, dagster as dg",
+        "warnings.simplefilter('error', dg.BetaWarning)",
+        "warnings.simplefilter('error', dg.PreviewWarning)",
+        "import market_platform.defs.bars.assets, market_platform.defs.bars.checks",
+        "import market_platform.defs.metrics.assets, market_platform.defs.metrics.checks",
+        "import market_platform.defs.streaming.assets",
+        "from market_platform.definitions import defs",
+        "defs().resolve_asset_graph()",
+        "try:",
+        "    dg.asset(backfill_policy=dg.BackfillPolicy.single_run())",
+        "except dg.BetaWarning:",
+        "    print('users warned')",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "users warned"

@@ -150,11 +150,11 @@ def test_feed_health_sensor_job_and_check_on_a_witnessed_stall(stream_db, replay
 
 def test_snapshots_cli_polls_processes_and_reports(tmp_path, make_database) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "POLYGON_", "MARKET_", "DAGSTER_"))}
-    env = {**base, "MARKET_PLATFORM_HOME": str(tmp_path / "home"), "MARKET_DB_URL": make_database("postgres")}
+    env = {**base, "MARKET_PLATFORM_HOME": str(tmp_path / "home"), "MARKET_DB_URL": make_database("postgres"),
+           "MARKET_SIM_STOCKS": "20", "MARKET_SIM_ACTIVITY": "0.02"}  # the one simulated market of every command
     command = [str(BIN / "market-platform"), "snapshots"]
-    done = subprocess.run(command + ["--day", "2024-11-26", "--start", "10:00", "--end", "10:03", "--stocks", "20",
-                                     "--activity", "0.02"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=180)
+    done = subprocess.run(command + ["--day", "2024-11-26", "--start", "10:00", "--end", "10:03"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["polled"].startswith("4 minutes polled, 0 missed") and summary["missed"] == []
@@ -168,3 +168,5 @@ def test_snapshots_cli_polls_processes_and_reports(tmp_path, make_database) -> N
     assert report["feed_health"]["stalls"] == 0
     bad = CliRunner().invoke(main, ["snapshots", "--speed", "fast"], env={"MARKET_PLATFORM_HOME": str(tmp_path)})
     assert bad.exit_code == 2 and "error: --speed 'fast': expected a number" in bad.output
+    own = CliRunner().invoke(main, ["snapshots", "--stocks", "20"], env={"MARKET_PLATFORM_HOME": str(tmp_path)})
+    assert own.exit_code == 2 and "No such option '--stocks'" in own.output  # no market of its own

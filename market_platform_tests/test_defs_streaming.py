@@ -31,6 +31,7 @@ from market_platform.defs.streaming.resources import AlpacaStreamResource
 from market_platform.defs.streaming.schedules import premarket_stream_schedule, quotes_archive_schedule
 from market_platform.defs.streaming.sensors import build_stream_watchdog_sensor
 from market_platform.storage.lake import Lake
+from market_platform_tests.fixtures import HISTORY_START
 from market_platform.sources.sim import SimMarket
 from market_platform.storage.timescale import TickStore
 from market_platform.streaming.runs import stock_window
@@ -181,6 +182,7 @@ def _dagster_env(tmp_path: Path, url: str, **extra: str) -> dict[str, str]:
     (tmp_path / "dagster").mkdir(exist_ok=True)
     return {**base, "MARKET_PLATFORM_HOME": str(tmp_path / "home"), "MARKET_DB_URL": url,
             "DAGSTER_HOME": str(tmp_path / "dagster"), "MARKET_SIM_STOCKS": "20", "MARKET_SIM_ACTIVITY": "0.02",
+            "MARKET_HISTORY_START": HISTORY_START,
             **extra}
 
 

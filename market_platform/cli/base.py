@@ -135,12 +135,15 @@ def _in_process(selection: list[str], *, run_config: dict, partition_key: str | 
     from market_platform.definitions import defs
     from market_platform.defs.executor import execute_assets, preflight
 
+    from market_platform import progress
+
     preflight()  # with a Celery broker: it answers, workers listen, the state is shared
     check_configuration()
     os.environ.update(dagster_env())
-    result = execute_assets(definitions or defs(), [dg.AssetKey(name) for name in selection],
-                            instance=dg.DagsterInstance.get(), run_config={**run_config, **QUIET},
-                            partition_key=partition_key)
+    with progress.shown():  # what the steps report of their long work (they run in this process)
+        result = execute_assets(definitions or defs(), [dg.AssetKey(name) for name in selection],
+                                instance=dg.DagsterInstance.get(), run_config={**run_config, **QUIET},
+                                partition_key=partition_key)
     if not result.success:
         raise run_failed(result)
     return result

@@ -17,7 +17,11 @@ from market_platform.cli.base import (
     main,
     redact,
 )
-from market_platform.cli.history import _bars_config, _discover, _launch_backfill
+from market_platform.cli.history import _bars_config, _discover, _launch_backfill, check_history
+
+
+#: The metrics group, materialized by the demo for its sessions.
+METRICS_ASSETS = ("daily_metrics", "intraday_metrics", "return_features", "return_forecast")
 
 
 @main.command()
@@ -42,6 +46,9 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
     for name in [n for n in os.environ if n.startswith(("POLYGON_", "ALPACA_"))]:
         del os.environ[name]
     os.environ["MARKET_SIM_STOCKS"] = str(stocks)
+    # One simulated market whatever the entry point: later commands and the UI's runs of this
+    # home serve the demo's (unless MARKET_SIM_STOCKS says otherwise).
+    settings.keep_sim_market(*settings.sim_market_size())
     store = _store()
     applied = store.init_schema()
     store.maintain()
@@ -51,19 +58,24 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
 
     cal = calendar.default_calendar()
     last = cal.last_completed_session(datetime.now(timezone.utc))
-    recent = calendar.sessions("2004-01-02", last)[-sessions:]
+    before = calendar.sessions(calendar.CALENDAR_START, last)
+    recent, more = before[-sessions:], before[-sessions - 5:-sessions]
     old_end = cal.previous_session(last - timedelta(days=vendors.flatfiles_after_days + 30))
-    old = calendar.sessions("2004-01-02", old_end)[-history:] if history else []
+    old = calendar.sessions(calendar.CALENDAR_START, old_end)[-history:] if history else []
     for category in ("us_equities", "etf"):
         _discover(category, limit=None, as_of=None)
     days = [*old, *recent]
-    outcome = _launch_backfill(days, timeframes=["1m", "1d"], run_config=_bars_config(), label="demo")
+    check_history(days)
+    outcome = _launch_backfill(days, timeframes=["1m", "1d"], run_config=_bars_config(), label="demo bars")
+    # What the assets' eager automation would do under a daemon: the metrics of the backfilled sessions.
+    metrics = _launch_backfill(days, timeframes=[], run_config={}, label="demo metrics", assets=list(METRICS_ASSETS))
 
     from market_platform.history.status import coverage
     from market_platform.storage.lake import Lake
 
     lake = Lake.from_settings()
-    click.echo(f"\nlake        {settings.lake_url()}   (backfill {outcome.backfill_id}, {len(outcome.runs)} runs)")
+    click.echo(f"\nlake        {settings.lake_url()}   (backfills {outcome.backfill_id} of bars, {len(outcome.runs)} runs, "
+               f"and {metrics.backfill_id} of metrics, {len(metrics.runs)} runs)")
     datasets = ("minute_bars", "bars_5m", "bars_15m", "bars_1h", "bars_1d", "vendor_bars_1d")
     click.echo("  session     source              " + "".join(f"{d:>15}" for d in datasets))
     for day in days:
@@ -71,6 +83,9 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
                                       .column("source").to_pylist())))
         counts = "".join(f"{lake.count(d, day):>15,}" for d in datasets)
         click.echo(f"  {day}  {source:<19} {counts}")
+    click.echo("  session     " + "".join(f"{d:>18}" for d in METRICS_ASSETS))
+    for day in days:
+        click.echo(f"  {day}  " + "".join(f"{lake.count(d, day):>18,}" for d in METRICS_ASSETS))
     agree = _daily_agreement(lake, days)
     click.echo(f"\nvendor_bars_1d (the vendor's daily bars) vs bars_1d (rolled up from minute bars): "
                f"{agree[0]:,} of {agree[1]:,} bars agree on open, high, low, close and volume")
@@ -84,13 +99,16 @@ def demo(sessions: int, history: int, stocks: int, stream: bool) -> None:
         click.echo("")
         stream_demo_session(last, store_url=store.url, echo=click.echo)  # the market MARKET_SIM_* configure
     click.echo(f"\nbuilt {len(days)} sessions of {stocks} simulated stocks through the replay servers "
-               f"{'and streamed one into the tick store ' if stream else ''}in {time.monotonic() - started:.0f}s")
+               f"{'and streamed one into the tick store ' if stream else ''}in {time.monotonic() - started:.0f}s; "
+               f"later commands of this home serve the same market ({settings.home() / settings.SIM_MARKET_FILE}, "
+               f"unless {settings.SIM_STOCKS_VAR} is set)")
     click.echo(
         "\nnext:\n"
         "  make ui                                       # the Dagster UI: assets, partitions, the backfill and its runs\n"
         "  .venv/bin/market-platform db status           # the tick store: quotes, trades, bars_1m, stream_stats\n"
         "  .venv/bin/market-platform status AAPL         # what the lake holds for a ticker\n"
-        "  .venv/bin/market-platform backfill --from 2024-11-25 --to 2024-11-29 --tickers AAPL,MSFT\n"
+        f"  .venv/bin/market-platform backfill --from {more[0]} --to {more[-1]} --tickers AAPL,MSFT   "
+        "# five sessions more\n"
         "  .venv/bin/market-platform db stop             # stop the embedded PostgreSQL the demo left running "
         "(a later command starts it again, and says so)\n"
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select symbol, count(*) from "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from datetime import datetime
 
@@ -43,7 +42,22 @@ def _check_partition(definitions, keys, partition: str | None) -> None:
             raise InvalidInputError(f"unknown category {partition!r}: expected one of "
                                     f"{', '.join(categories_def.get_partition_keys())}")
     else:
-        calendar.session(partition)
+        check_history([calendar.session(partition).day])
+
+
+def check_history(days) -> None:
+    """Refuse sessions before the history start (the trading-day partitions' first day) with the
+    setting to change."""
+    from market_platform import settings
+    from market_platform.errors import InvalidInputError
+
+    start = settings.history_start()
+    early = min(days)
+    if early < start:
+        raise InvalidInputError(
+            f"session {early.isoformat()} is before the history start {start.isoformat()}, where the trading-day "
+            f"partitions begin: set {settings.HISTORY_START_VAR}={early.isoformat()} (or earlier) to keep older "
+            "history, for this command and for `market-platform ui`")
 
 
 @main.command()
@@ -121,11 +135,12 @@ def _bars_config(**options) -> dict:
     return {"ops": {name: {"config": dict(options)} for name in CONFIGURED_ASSETS}}
 
 
-def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: str):
-    """Run a Dagster backfill of the bars of `days` (see market_platform.backfills), with a progress bar."""
+def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: str, assets: list[str] | None = None):
+    """Run a Dagster backfill of the bars of `days` (see market_platform.backfills), or of other
+    `assets` of theirs, with a progress bar."""
     import dagster as dg
 
-    from market_platform import backfills
+    from market_platform import backfills, progress
     from market_platform.definitions import defs
     from market_platform.defs.bars.assets import TIMEFRAME_ASSETS
 
@@ -133,21 +148,20 @@ def _launch_backfill(days, *, timeframes: list[str], run_config: dict, label: st
     os.environ.update(dagster_env())
     instance = dg.DagsterInstance.get()
     definitions = defs()
-    keys = [a.key for tf in timeframes for a in TIMEFRAME_ASSETS[tf]]
+    keys = [dg.AssetKey(a) for a in assets] if assets else [a.key for tf in timeframes for a in TIMEFRAME_ASSETS[tf]]
     title = f"{label} {days[0].isoformat()}..{days[-1].isoformat()}" if len(days) > 1 else f"{label} {days[0]}"
-    tags = {"market_platform/timeframes": ",".join(timeframes)}
+    tags = {"market_platform/timeframes": ",".join(timeframes)} if timeframes else {}
     for abandoned in backfills.reap_abandoned(instance):
         click.echo(f"backfill {abandoned} lost its process: marked failed (this one resumes its work)", err=True)
-    with click.progressbar(length=len(set(days)), label=f"backfill {len(set(days))} sessions",
-                           file=sys.stderr, show_pos=True) as bar:
+    with progress.shown(), progress.task(f"{title}: {len(set(days))} sessions", total=len(set(days))) as advance:
         if backfills.daemon_running(instance):
             backfill_id = backfills.submit(instance, definitions, keys, days, run_config=run_config, title=title,
                                            tags=tags)
-            click.echo(f"\nsubmitted backfill {backfill_id} to the running dagster-daemon", err=True)
-            outcome = backfills.follow(instance, definitions, backfill_id, len(set(days)), bar.update)
+            click.echo(f"submitted backfill {backfill_id} to the running dagster-daemon", err=True)
+            outcome = backfills.follow(instance, definitions, backfill_id, len(set(days)), advance)
         else:
             outcome = backfills.run_here(instance, definitions, keys, days, run_config=run_config, title=title,
-                                         on_progress=bar.update, tags=tags, logging_config=QUIET["loggers"])
+                                         on_progress=advance, tags=tags, logging_config=QUIET["loggers"])
     if not outcome.success:
         failed = f"{len(outcome.failed)} of {outcome.sessions} sessions failed" if outcome.failed else "it failed"
         again = "; run the same command again to resume" if outcome.resumable else ""
@@ -194,6 +208,7 @@ def backfill(start: str, end: str, tickers: str | None, timeframes: str, univers
     if not days:
         raise InvalidInputError(f"no trading session from {first.isoformat()} to {last.isoformat()}: "
                                 "expected a range holding at least one session")
+    check_history(days)
     frames = list(dict.fromkeys(t.strip() for t in timeframes.split(",") if t.strip()))
     unknown = [t for t in frames if t not in TIMEFRAMES]
     if unknown or not frames:

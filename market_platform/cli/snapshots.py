@@ -40,15 +40,13 @@ def _queue(store):
 @click.option("--crypto", is_flag=True, help="Poll the crypto snapshot (a UTC day) instead of stocks.")
 @click.option("--provider", type=click.Choice(["auto", "polygon", "alpaca"]), default="auto", show_default=True,
               help="auto: Polygon when POLYGON_API_KEY is set, else Alpaca.")
-@click.option("--stocks", default=100, show_default=True, help="Replay only: stocks and ETFs in the simulated market.")
-@click.option("--activity", default=0.1, show_default=True, help="Replay only: the simulated market's activity.")
 @click.pass_context
 @fail_cleanly
-def snapshots(ctx, day, start, end, speed, crypto, provider, stocks, activity) -> None:
+def snapshots(ctx, day, start, end, speed, crypto, provider) -> None:
     """Poll the whole-market snapshot once a minute over a window into the queue (the tick store's
     table, or MARKET_SNAPSHOT_QUEUE_URL), process it into `market_snapshots`, and check the live stream
     against it: from Polygon or Alpaca when their keys are set, else from a replay of the simulated
-    market."""
+    market (the one the backfills and `stream` use: MARKET_SIM_STOCKS, MARKET_SIM_ACTIVITY)."""
     if ctx.invoked_subcommand is not None:
         return
     from market_platform.errors import InvalidInputError
@@ -56,7 +54,7 @@ def snapshots(ctx, day, start, end, speed, crypto, provider, stocks, activity) -
     from market_platform.snapshots import feed_health
     from market_platform.snapshots.poller import poll_snapshots, window
     from market_platform.snapshots.processor import drain
-    from market_platform.sources.sim import SimMarket
+    from market_platform.defs.resources import sim_market_resource
     from market_platform.streaming.repair import sim_history
 
     market = "crypto" if crypto else "stocks"
@@ -69,7 +67,7 @@ def snapshots(ctx, day, start, end, speed, crypto, provider, stocks, activity) -
     store = _store()
     store.init_schema()
     queue = _queue(store)
-    sim = SimMarket(n_stocks=stocks, activity=activity)
+    sim = sim_market_resource().market
     polled = poll_snapshots(store, queue, sim_market=sim, market=market,
                             day=day, start=start, end=end, speed=rate, provider=provider)
     processed = drain(queue, store)

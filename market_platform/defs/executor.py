@@ -20,12 +20,14 @@ workers' task live in `market_platform.workers`.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from market_platform import settings
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 DEFAULT_QUEUE = "dagster"
 DEFINITIONS_MODULE = "market_platform.definitions"
+#: The code location's name in workspace.yaml (what `market-platform ui` serves).
+CODE_LOCATION = "market_platform"
 
 
 def queue() -> str:
@@ -156,15 +160,51 @@ def execute_assets(definitions: dg.Definitions, keys: Sequence[dg.AssetKey], *, 
                    run_config: Mapping[str, Any], tags: Mapping[str, str] | None = None,
                    partition_key: str | None = None):
     """Materialize `keys` as one run recorded in `instance`, and return its result (`success`,
-    `run_id`, `all_events`, ...): in this process, or, with a broker set, with each step on the
-    Celery workers (after `check_scaleout`)."""
-    job = definitions.resolve_implicit_job_def_def_for_assets(list(keys))
-    if settings.celery_broker_url() is None:
-        return job.get_subset(asset_selection=set(keys)).execute_in_process(
-            partition_key=partition_key, instance=instance, run_config=dict(run_config), tags=dict(tags or {}),
-            raise_on_error=False)
-    check_scaleout()
-    recon = ReconstructableRepository.for_module(DEFINITIONS_MODULE, "defs").get_reconstructable_job(job.name)
+    `run_id`, `all_events`, ...): in this process with Dagster's in-process executor (a step in a
+    process of its own costs about a second more), or, with a broker set, with each step on the
+    Celery workers (after `check_scaleout`).
+
+    The run is recorded as the UI or `dagster job execute` would record it: its asset selection
+    (the Runs page's Target column) and the code location it belongs to, `market_platform` of
+    workspace.yaml (the Overview timeline shows only runs of a code location)."""
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.api import execute_run
+
+    job_def = definitions.resolve_implicit_job_def_def_for_assets(list(keys))
     tags = {**(tags or {}), **({PARTITION_NAME_TAG: partition_key} if partition_key else {})}
-    with dg.execute_job(recon, instance, run_config=dict(run_config), tags=tags, asset_selection=list(keys)) as result:
-        return result
+    if settings.celery_broker_url() is None:
+        job = InMemoryJob(job_def)
+        run_config = {**run_config, **_in_process_execution(job_def)}
+    else:
+        check_scaleout()
+        job = ReconstructableRepository.for_module(DEFINITIONS_MODULE, "defs").get_reconstructable_job(job_def.name)
+    run = instance.create_run_for_job(
+        job_def=job_def, run_config=dict(run_config), tags=tags, asset_selection=frozenset(keys),
+        remote_job_origin=remote_job_origin(job_def.name),
+        job_code_origin=job.get_python_origin() if isinstance(job, ReconstructableJob) else None)
+    return execute_run(job, run, instance, raise_on_error=False)
+
+
+def _in_process_execution(job_def: dg.JobDefinition) -> dict[str, Any]:
+    """Run config choosing the in-process side of Dagster's default executor (no config otherwise)."""
+    if job_def.executor_def is dg.multi_or_in_process_executor:
+        return {"execution": {"config": {"in_process": {}}}}
+    return {}
+
+
+def remote_job_origin(job_name: str):
+    """Where the UI finds `job_name`: the repository of the `market_platform` code location of
+    workspace.yaml (what the UI's own launches record)."""
+    from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE,
+                             working_directory=str(Path(__file__).resolve().parent.parent.parent)),
+        location_name=CODE_LOCATION)
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from market_platform import calendar
+from market_platform.progress import task as progress_task
 from market_platform.errors import InvalidInputError
 from market_platform.history.vendors import Vendors
 from market_platform.schemas import BARS, PROGRESS, Source
@@ -114,23 +115,26 @@ def backfill_session(
             f"fetching the other {len(todo)}")
     etag = None
     extra = None
-    if chosen == Source.POLYGON_FLATFILES.value:
-        if todo:
-            dataset_name = "day_aggs_v1" if timeframe == "1d" else "minute_aggs_v1"
-            file = vendors.flatfiles.read(day, todo, dataset=dataset_name)
-            etag, extra = file.etag, file.table
-            stager.done.update(todo)
-    elif todo:
-        try:
-            _fetch_rest(vendors, chosen, day, todo, timeframe, stager)
-        except BaseException:
-            # Whatever completed is kept for the next run; a failing stage must not hide the cause.
+    with progress_task(f"{dataset} {day.isoformat()}: {len(todo)} tickers from {chosen}", total=len(todo)) as advance:
+        stager.on_added = advance
+        if chosen == Source.POLYGON_FLATFILES.value:
+            if todo:
+                dataset_name = "day_aggs_v1" if timeframe == "1d" else "minute_aggs_v1"
+                file = vendors.flatfiles.read(day, todo, dataset=dataset_name)
+                etag, extra = file.etag, file.table
+                stager.done.update(todo)
+                advance(len(todo))
+        elif todo:
             try:
-                stager.flush()
-            except Exception:
-                pass
-            raise
-        stager.flush()
+                _fetch_rest(vendors, chosen, day, todo, timeframe, stager)
+            except BaseException:
+                # Whatever completed is kept for the next run; a failing stage must not hide the cause.
+                try:
+                    stager.flush()
+                except Exception:
+                    pass
+                raise
+            stager.flush()
     table, confirmed = _commit(lake, dataset, day, stager, extra)
     return SessionResult(day=day, dataset=dataset, source=chosen, symbols=len(names), fetched=len(todo),
                          resumed=len(resumed), rows=table.num_rows, confirmed=confirmed, etag=etag, table=table)
@@ -172,9 +176,12 @@ class _Stager:
         self._token = uuid.uuid4().hex[:8]
         self._pending: list[tuple[str, pa.Table]] = []
         self._since = time.monotonic()
+        #: Told how many tickers each add completed (a progress bar's advance).
+        self.on_added: Callable[[int], None] = lambda n: None
 
     def add(self, symbol: str, table: pa.Table) -> None:
         self._pending.append((symbol, table))
+        self.on_added(1)
         if len(self._pending) >= self.stage_every or time.monotonic() - self._since >= self.stage_seconds:
             self.flush()
 
@@ -182,6 +189,7 @@ class _Stager:
         column = table.column("symbol")
         for symbol in symbols:
             self._pending.append((symbol, table.filter(pc.equal(column, symbol))))
+        self.on_added(len(symbols))
         if len(self._pending) >= self.stage_every or time.monotonic() - self._since >= self.stage_seconds:
             self.flush()
 

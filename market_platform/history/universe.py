@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from market_platform import calendar
+from market_platform import calendar, progress
 from market_platform.errors import InvalidInputError, MarketPlatformError, PartitionNotFoundError
 from market_platform.history.vendors import Vendors
 from market_platform.schemas import BARS, CATEGORIES, RANKED_UNIVERSE, UNIVERSE, conform
@@ -220,13 +220,20 @@ def ranking_sessions(day: date, sessions: int = TOP_SESSIONS) -> list[date]:
 
 def daily_bars(vendors: Vendors, days: Sequence[date], symbols: Sequence[str]) -> pa.Table:
     """schemas.BARS daily bars of `symbols` on `days`: from the Flat Files where published (one
-    file per day for the whole market), from the provider's REST for the other days."""
-    tables, missing = [], []
-    for day in days:
+    file per day for the whole market, two days at once), from the provider's REST for the other
+    days."""
+    def from_files(day: date) -> pa.Table | None:
         if vendors.flatfiles is not None and vendors.flatfile_etag(day, timeframe="1d") is not None:
-            tables.append(vendors.flatfiles.day_bars(day, symbols))
+            table = vendors.flatfiles.day_bars(day, symbols)
         else:
-            missing.append(day)
+            table = None
+        advance(1, f"top3000: daily bars of {day.isoformat()}")
+        return table
+
+    with progress.task(f"top3000: daily bars of {len(days)} sessions", total=len(days)) as advance:
+        found = run_concurrently(list(days), from_files, workers=2)
+    tables = [t for t in found if t is not None]
+    missing = [d for d, t in zip(days, found, strict=True) if t is None]
     if missing:
         start = datetime.combine(missing[0], datetime.min.time(), tzinfo=calendar.NEW_YORK)
         end = datetime.combine(missing[-1] + timedelta(days=1), datetime.min.time(), tzinfo=calendar.NEW_YORK)
@@ -234,8 +241,10 @@ def daily_bars(vendors: Vendors, days: Sequence[date], symbols: Sequence[str]) -
         if vendors.rest_source == "alpaca_rest":
             table = rest.bars(list(symbols), start, end, timeframe="1d")
         else:
-            table = pa.concat_tables(run_concurrently(
-                list(symbols), lambda s: rest.bars(s, start, end, timeframe="1d"), workers=rest.workers))
+            with progress.task(f"top3000: daily bars of {len(symbols)} tickers from REST", total=len(symbols)) as step:
+                table = pa.concat_tables(run_concurrently(
+                    list(symbols), lambda s: rest.bars(s, start, end, timeframe="1d"), workers=rest.workers,
+                    on_done=lambda s, _: step(1)))
         wanted = pa.array([datetime.combine(d, datetime.min.time(), tzinfo=calendar.NEW_YORK) for d in missing],
                           BARS.field("ts").type)
         tables.append(table.filter(pc.is_in(table.column("ts"), value_set=wanted)))

@@ -142,6 +142,7 @@ class Vendors:
         self.provider, self.flatfiles_after_days = provider, flatfiles_after_days
         self.replay, self.clock = replay, clock
         self._publish_lock = threading.Lock()
+        self._publishing: dict[date, threading.Lock] = {}
 
     @classmethod
     def from_env(
@@ -269,10 +270,18 @@ class Vendors:
         dataset = "day_aggs_v1" if timeframe == "1d" else "minute_aggs_v1"
         etag = self.flatfiles.etag(day, dataset=dataset)
         if etag is None and self.replay is not None and calendar.is_session(day) and published_at(day) <= self.now():
+            # One day's files at a time, several days at once, and only what is asked for: a full
+            # market's minute file costs seconds that a ranking on day files never needs (the day
+            # file comes with the minute file, cheap once the minutes exist).
             with self._publish_lock:
+                lock = self._publishing.setdefault(day, threading.Lock())
+            with lock:
                 etag = self.flatfiles.etag(day, dataset=dataset)
                 if etag is None:
-                    self.replay.flatfiles.publish(day, markets=["stocks"])
+                    datasets = [dataset]
+                    if dataset == "minute_aggs_v1" and self.flatfiles.etag(day, dataset="day_aggs_v1") is None:
+                        datasets.append("day_aggs_v1")
+                    self.replay.flatfiles.publish(day, markets=["stocks"], datasets=datasets)
                     etag = self.flatfiles.etag(day, dataset=dataset)
         return etag
 

@@ -868,6 +868,8 @@ class AlpacaStreamReplay:
         async with serve(
             self._handle, self.host, self.port, process_request=self._process_request,
             compression=self.compression, max_size=2**20, ping_interval=None,
+            # A client that stopped reading must not hold stop() for the default 10 s handshake.
+            close_timeout=1,
         ) as server:
             self._server = server
             self.port = server.sockets[0].getsockname()[1]

@@ -205,8 +205,10 @@ class FlatFilesReplay(Service):
 
     # ----------------------------------------------------------------------- publishing
 
-    def publish(self, day: date, *, markets: Iterable[str] = ("stocks", "crypto")) -> list[str]:
-        """Write `day`'s minute and day files (stocks on sessions, crypto every day); the keys written."""
+    def publish(self, day: date, *, markets: Iterable[str] = ("stocks", "crypto"),
+                datasets: Iterable[str] = ("minute_aggs_v1", "day_aggs_v1")) -> list[str]:
+        """Write `day`'s minute and day files, or those of `datasets` (stocks on sessions, crypto
+        every day); the keys written."""
         if self._client is None:
             raise RuntimeError("FlatFilesReplay is not started")
         written = []
@@ -214,8 +216,9 @@ class FlatFilesReplay(Service):
             if market == "stocks" and not calendar.is_session(day):
                 continue
             minutes = self.data.day_bars(market, day)
-            daily = aggregate(minutes, "day", 1, tz=zone(market)).select(BARS.names)
-            for dataset, table in (("minute_aggs_v1", minutes), ("day_aggs_v1", daily)):
+            for dataset in datasets:
+                table = minutes if dataset == "minute_aggs_v1" else \
+                    aggregate(minutes, "day", 1, tz=zone(market)).select(BARS.names)
                 key = flatfile_key(day, market=market, dataset=dataset)
                 body = flatfile_bytes(table, crypto=market == "crypto")
                 self._client.put_object(Bucket=self.bucket, Key=key, Body=body)

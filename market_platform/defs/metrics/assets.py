@@ -5,6 +5,7 @@ when its inputs do, for the latest session; older sessions are backfills. The de
 column are in `market_platform.analytics.metrics` and `.forecast`.
 """
 
+import warnings
 from datetime import date
 
 import dagster as dg
@@ -14,7 +15,7 @@ from market_platform import schemas
 from market_platform.analytics import charts, forecast, metrics
 from market_platform.defs.bars.assets import minute_bars
 from market_platform.defs.metadata import table_metadata
-from market_platform.defs.partitions import trading_days_def
+from market_platform.defs.partitions import partitioned_asset, trading_days_def
 from market_platform.defs.resources import LakeResource
 from market_platform.errors import NotEnoughHistoryError
 
@@ -22,35 +23,54 @@ from market_platform.errors import NotEnoughHistoryError
 #: trains on the features of the sessions before it, which an earlier step of the run wrote.
 ONE_RUN = dg.BackfillPolicy.single_run()
 
+with warnings.catch_warnings():
+    # Beta in Dagster 1.13, used knowingly: the first session of a history has no previous one.
+    warnings.filterwarnings("ignore", message="Parameter `allow_nonexistent_upstream_partitions`",
+                            category=dg.BetaWarning)
+    #: A session and the one before it (allowed not to exist at the start of the partitions).
+    PREVIOUS_SESSION = dg.TimeWindowPartitionMapping(start_offset=-1, allow_nonexistent_upstream_partitions=True)
 
-def movers_markdown(table: pa.Table, day: date, *, n: int = 10) -> "str | None":
-    """The day's movers chart as markdown with an inline PNG, for the Dagster UI (None: no movers)."""
+
+def movers_metadata(table: pa.Table, day: date, *, n: int = 10) -> dict[str, dg.MetadataValue]:
+    """The day's movers for the Dagster UI: `movers`, a table it shows in place (the `n` biggest
+    gainers and losers, change in percent), and `movers_chart`, the bar chart as markdown with an
+    inline PNG (behind "[Show Markdown]": the UI opens long markdown in a dialog). Empty: no movers."""
     gainers, losers = metrics.movers(table, n=n)
     if not gainers.num_rows and not losers.num_rows:
-        return None
+        return {}
+    records = [
+        dg.TableRecord({"side": side, "symbol": row["symbol"], "change_pct": round(row["change"] * 100, 2),
+                        "close": round(row["close"], 4), "dollar_volume": round(row["dollar_volume"] or 0.0)})
+        for side, part in (("gainer", gainers), ("loser", losers)) for row in part.to_pylist()
+    ]
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn("side", "string"), dg.TableColumn("symbol", "string"),
+        dg.TableColumn("change_pct", "float", description="percent change from the previous close (else from the open)"),
+        dg.TableColumn("close", "float"), dg.TableColumn("dollar_volume", "float")])
     png = charts.png_bytes(charts.render_movers(gainers, losers, day))
-    return charts.markdown_image(png, f"movers {day.isoformat()}")
+    return {"movers": dg.MetadataValue.table(records, schema=schema),
+            "movers_chart": dg.MetadataValue.md(charts.markdown_image(png, f"movers {day.isoformat()}"))}
 
 
-def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: str, compute) -> pa.Table:
-    """Compute and write each session of the run, each materialized with its own figures; returns the last table."""
+def _write_each(context: dg.AssetExecutionContext, lake: LakeResource, dataset: str, compute,
+                extra=lambda table, day: {}) -> None:
+    """Compute and write each session of the run, each materialized with its own figures (and
+    `extra(table, day)`'s)."""
     store = lake.lake()
-    table = None
     for key in context.partition_keys:
-        table = compute(store, date.fromisoformat(key))
+        day = date.fromisoformat(key)
+        table = compute(store, day)
         store.write_partition(dataset, key, table)
-        context.add_asset_metadata(table_metadata(table), partition_key=key)
+        context.add_asset_metadata({**table_metadata(table), **extra(table, day)}, partition_key=key)
         context.log.info(f"{key}: {table.num_rows} rows of {dataset}")
-    return table
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="metrics",
     kinds={"parquet", "duckdb"},
     # The previous session's minute bars give the previous close.
-    deps=[dg.AssetDep(minute_bars, partition_mapping=dg.TimeWindowPartitionMapping(
-        start_offset=-1, allow_nonexistent_upstream_partitions=True))],
+    deps=[dg.AssetDep(minute_bars, partition_mapping=PREVIOUS_SESSION)],
     automation_condition=dg.AutomationCondition.eager(),
     backfill_policy=ONE_RUN,
 )
@@ -59,16 +79,11 @@ def daily_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
     close, open-to-close and log return, percent change from the previous close, gap, range, dollar
     volume, realized volatility of 1-minute returns, and the pre-market and after-hours shares of
     volume; computed by DuckDB from `minute_bars`. The metadata shows the day's movers."""
-    table = _write_each(context, lake, metrics.DAILY_METRICS, metrics.daily_metrics)
-    metadata = {}
-    if len(context.partition_keys) == 1:
-        chart = movers_markdown(table, date.fromisoformat(context.partition_key))
-        if chart:
-            metadata["movers"] = dg.MetadataValue.md(chart)
-    return dg.MaterializeResult(metadata=metadata)
+    _write_each(context, lake, metrics.DAILY_METRICS, metrics.daily_metrics, extra=movers_metadata)
+    return dg.MaterializeResult()
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="metrics",
     kinds={"parquet", "duckdb"},
@@ -86,7 +101,7 @@ def intraday_metrics(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     return dg.MaterializeResult()
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="metrics",
     kinds={"parquet", "duckdb"},
@@ -102,7 +117,7 @@ def return_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     return dg.MaterializeResult()
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="metrics",
     kinds={"parquet", "scikit-learn"},

@@ -7,7 +7,7 @@ import dagster as dg
 
 from market_platform.analytics import quality
 from market_platform.defs.bars.checks import per_session
-from market_platform.defs.partitions import trading_days_def
+from market_platform.defs.partitions import partitioned_check, trading_days_def
 from market_platform.defs.resources import LakeResource
 
 QUOTES_DAILY = dg.AssetKey("quotes_daily")
@@ -15,7 +15,7 @@ QUOTES_DAILY = dg.AssetKey("quotes_daily")
 MAX_CROSSED_SHARE = 0.001
 
 
-@dg.asset_check(asset=QUOTES_DAILY, partitions_def=trading_days_def, blocking=True)
+@partitioned_check(asset=QUOTES_DAILY, partitions_def=trading_days_def, blocking=True)
 def quotes_not_crossed(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """At most 0.1% of the session's two-sided quotes have bid > ask (locked quotes are fine)."""
     columns = ["symbol", "ts", "bid_price", "ask_price", "bid_exchange", "ask_exchange"]

@@ -10,7 +10,7 @@ from datetime import date
 import dagster as dg
 
 from market_platform import calendar
-from market_platform.defs.partitions import trading_days_def
+from market_platform.defs.partitions import partitioned_asset, trading_days_def
 from market_platform.defs.resources import LakeResource, TickStoreResource
 from market_platform.schemas import QUOTES
 from market_platform.streaming.archive import iter_quotes
@@ -41,7 +41,7 @@ live_bars_1m = dg.AssetSpec(
 LIVE_TABLES = (live_quotes, live_trades, live_bars_1m)
 
 
-@dg.asset(
+@partitioned_asset(
     partitions_def=trading_days_def,
     group_name="tick_store",
     kinds={"postgres", "parquet"},
