@@ -388,3 +388,27 @@ def test_many_dividends_outside_the_lake_leave_its_factors_alone(tmp_path, refer
                       "ORDER BY symbol, ex_date", lake=lake)
     assert got.equals(query.query("SELECT symbol, ex_date, all_factor FROM adjustment_factors ORDER BY symbol, ex_date",
                                   lake=write_corp_lake(Lake(tmp_path / "plain"), corp_bars())))
+
+
+def test_factors_are_computed_again_after_any_write(tmp_path):
+    # install keeps its factors per state of the lake's files: a rewrite at once, of the same size,
+    # of the close a dividend is priced by or of the actions, is seen by the next read.
+    lake = write_corp_lake(Lake(tmp_path / "lake"), corp_bars())
+    sql = "SELECT symbol, ex_date, all_factor FROM adjustment_factors ORDER BY symbol, ex_date"
+    first = query.query(sql, lake=lake)
+    assert query.query(sql, lake=lake).equals(first)
+    before = date(2024, 12, 9)  # the session before AAA's dividend
+    daily = lake.read_partition("bars_1d", before)
+    doubled = pc.if_else(pc.equal(daily["symbol"], "AAA"), pc.multiply(daily["close"], 2.0), daily["close"])
+    lake.write_partition("bars_1d", before, daily.set_column(daily.schema.get_field_index("close"), "close", doubled))
+    second = query.query(sql, lake=lake)
+    changed = [r["symbol"] for r, s in zip(first.to_pylist(), second.to_pylist()) if r != s]
+    assert changed and set(changed) == {"AAA"}
+    actions = lake.read_partition(adjust.ACTIONS, {"source": "sim"})
+    cash = pc.if_else(pc.equal(actions["symbol"], "AAA"), pc.multiply(actions["cash_amount"], 0.5), actions["cash_amount"])
+    lake.write_partition(adjust.ACTIONS, {"source": "sim"},
+                         actions.set_column(actions.schema.get_field_index("cash_amount"), "cash_amount", cash))
+    third = query.query(sql, lake=lake)
+    assert third.num_rows == second.num_rows and not third.equals(second)
+    adjust._CACHE.clear()
+    assert query.query(sql, lake=lake).equals(third)

@@ -40,6 +40,7 @@ In Python: `bars_as_of(["AAPL"], "2024-01-02", "2024-06-28", as_of="2024-06-28",
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -260,6 +261,37 @@ def _gap_closes(con: duckdb.DuckDBPyConnection, views: set[str], lake: Lake) -> 
           ON g.symbol = c.symbol AND g.day >= c.day""")
 
 
+@dataclass
+class _Computed:
+    """What `install` computes from the lake: the tables its views read, and its counts."""
+
+    lineage: pa.Table
+    factors: pa.Table
+    ranges: pa.Table
+    actions: int
+    renames: int
+    unpriced: list[tuple[str, date]]
+
+
+#: The latest `_Computed`, by the lake's state and the arguments (`_cache_key`): a session that
+#: reads again (a notebook, a backtest, `query` run twice in a process) reads no close again.
+_CACHE: OrderedDict[tuple, _Computed] = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def _cache_key(lake: Lake, views: set[str], as_of: date, symbols: Sequence[str] | None,
+               dividends: bool) -> tuple | None:
+    """The arguments and the state of every dataset `install` reads (`Lake.state`: a local
+    lake's files, their sizes and nanosecond mtimes), or None where the lake has no such state."""
+    states = []
+    for dataset in sorted(views & {ACTIONS, *BAR_DATASETS}):
+        state = lake.state(dataset)
+        if state is None:
+            return None
+        states.append((dataset, state))
+    return (str(lake.url), as_of, None if symbols is None else tuple(sorted(set(symbols))), dividends, tuple(states))
+
+
 def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | None = None,
             symbols: Sequence[str] | None = None, dividends: bool = True) -> Installed:
     """Create in `con` (a `Lake.connect()` connection) the adjusted views of every bar dataset the
@@ -268,9 +300,43 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
     `symbols` (names as of `as_of`): compute the factors of these tickers only (a read of a few
     reads the closes of their dividends only); the views then adjust no other ticker.
     `dividends=False`: splits and renames only (no close is read); the `_adjusted_all` views are
-    then not created, and `all_factor` equals `split_factor`."""
+    then not created, and `all_factor` equals `split_factor`.
+
+    The factors are computed once per state of the lake's files and arguments, in a process: a
+    local lake's reads again with nothing written in between reuse them (`_CACHE`)."""
     as_of = today() if as_of is None else calendar.to_date(as_of)
     views = {name for (name,) in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    key = _cache_key(lake, views, as_of, symbols, dividends)
+    computed = _CACHE.get(key) if key is not None else None
+    if computed is None:
+        computed = _compute(con, lake, views, as_of, symbols, dividends)
+        if key is not None:
+            _CACHE[key] = computed
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    for name, table in (("symbol_lineage", computed.lineage), ("__adj_factors", computed.factors),
+                        ("__adj_ranges", computed.ranges)):
+        con.register(f"{name}_arrow", table)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
+        con.unregister(f"{name}_arrow")
+    con.execute("CREATE OR REPLACE TEMP TABLE adjustment_factors AS SELECT * FROM __adj_factors")
+    created = []
+    for dataset in BAR_DATASETS:
+        if dataset not in views:
+            continue
+        for adjust in ADJUSTMENTS if dividends else ("none", "split"):
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {view_name(dataset, adjust)} AS "
+                        + adjusted_sql(dataset, adjust, as_of))
+            created.append(view_name(dataset, adjust))
+    return Installed(as_of=as_of, actions=computed.actions, renames=computed.renames,
+                     factors=computed.factors.num_rows, unpriced_dividends=list(computed.unpriced), views=created)
+
+
+def _compute(con: duckdb.DuckDBPyConnection, lake: Lake, views: set[str], as_of: date,
+             symbols: Sequence[str] | None, dividends: bool) -> _Computed:
+    """`install`'s tables, computed in `con` from the lake."""
     if ACTIONS in views:
         con.sql(f"SELECT {', '.join(schemas.CORPORATE_ACTIONS.names)} FROM {ACTIONS}").create_view("__adj_source")
     else:
@@ -302,21 +368,14 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
         LEFT JOIN __adj_prev p ON p.ex_date = d.ex_date
         LEFT JOIN __adj_closes c ON c.symbol = d.traded_symbol AND c.day = p.prev_day
         WHERE d.action_type = 'dividend' AND c.close IS NULL ORDER BY 2, 1""").fetchall()
-    con.execute("CREATE OR REPLACE TEMP TABLE adjustment_factors AS SELECT * FROM __adj_factors")
     firsts = [dates[0] for dates in (lake.dates(dataset) for dataset in BAR_DATASETS if dataset in views) if dates]
     first = min(firsts, default=as_of.isoformat())
     con.execute(_RANGES_SQL, {"first": date.fromisoformat(first), "end": as_of + timedelta(days=1)})
-    created = []
-    for dataset in BAR_DATASETS:
-        if dataset not in views:
-            continue
-        for adjust in ADJUSTMENTS if dividends else ("none", "split"):
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {view_name(dataset, adjust)} AS "
-                        + adjusted_sql(dataset, adjust, as_of))
-            created.append(view_name(dataset, adjust))
-    return Installed(as_of=as_of, actions=con.sql("SELECT count(*) FROM __adj_actions").fetchall()[0][0],
-                     renames=len(renames), factors=con.sql("SELECT count(*) FROM __adj_factors").fetchall()[0][0],
-                     unpriced_dividends=[(s, d) for s, d in unpriced], views=created)
+    return _Computed(lineage=con.table("symbol_lineage").to_arrow_table(),
+                     factors=con.table("__adj_factors").to_arrow_table(),
+                     ranges=con.table("__adj_ranges").to_arrow_table(),
+                     actions=con.sql("SELECT count(*) FROM __adj_actions").fetchall()[0][0],
+                     renames=len(renames), unpriced=[(s, d) for s, d in unpriced])
 
 
 def adjusted_sql(relation: str, adjust: str, as_of: date | None = None) -> str:

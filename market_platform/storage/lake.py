@@ -326,6 +326,21 @@ class Lake:
             raise InvalidInputError(f"dataset {dataset!r} is partitioned by {_keys(dataset)}, not by date")
         return sorted({spec["date"] for spec in self.partitions(dataset)})
 
+    def state(self, dataset: str) -> tuple | None:
+        """What identifies the contents of `dataset` now, for caches of what is computed from it:
+        (path, size, mtime in ns) of each partition file of a local lake, or None on S3 (whose
+        listings date objects to the second). Every write here gives the file it replaces a new
+        mtime, from the nanosecond clock (a filesystem's own is coarser: two writes within its
+        tick could leave the same size and mtime)."""
+        _keys(dataset)
+        if not isinstance(self._store, _LocalStore):
+            return None
+        selector = pafs.FileSelector(self._store.path(dataset), recursive=True, allow_not_found=True)
+        with self._errors(f"listing {dataset}"):
+            infos = self._store.fs.get_file_info(selector)
+        return tuple(sorted((info.path, info.size, info.mtime_ns) for info in infos
+                            if info.type == pafs.FileType.File and info.base_name == DATA_FILE))
+
     def datasets(self) -> list[str]:
         """The registered datasets that have at least one partition."""
         return [name for name in sorted(DATASETS) if self._partition_files(name)]
@@ -808,6 +823,8 @@ class _LocalStore:
         tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
         try:
             yield str(tmp)
+            now = time.time_ns()  # a new mtime for every write (`Lake.state`)
+            os.utime(tmp, ns=(now, now))
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
