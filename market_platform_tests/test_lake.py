@@ -521,6 +521,18 @@ def test_scan_reads_the_named_partitions_only(request: pytest.FixtureRequest, wh
             lake.scan(con, "minute_bars", ["2024-11-28'"])
 
 
+def test_state_changes_with_every_write_even_within_a_clock_tick(lake: Lake, s3_lake: Lake) -> None:
+    table = bars(symbols=2, minutes=3)
+    states = []
+    for _ in range(5):  # the same bytes each time, as fast as it goes
+        lake.write_partition("minute_bars", DAY, table)
+        states.append(lake.state("minute_bars"))
+    assert len(set(states)) == 5 and all(len(state) == 1 for state in states)
+    lake.delete_partition("minute_bars", DAY)
+    assert lake.state("minute_bars") == () and lake.state("bars_1d") == ()
+    assert s3_lake.state("minute_bars") is None
+
+
 def test_s3_failed_write_keeps_the_old_object(s3_lake: Lake) -> None:
     s3_lake.write_partition("minute_bars", DAY, bars(seed=1))
     digest = s3_lake.file_digest("minute_bars", DAY)
