@@ -300,7 +300,8 @@ HYBRID_NOW = datetime(2024, 7, 6, 16, 0, tzinfo=timezone.utc)
 def hybrid_replay(sim):
     from market_platform.replay import ReplayServers, SimProvider
 
-    servers = ReplayServers(SimProvider(sim), flatfile_days=(HYBRID_DAYS[0], HYBRID_DAYS[-1]), clock=lambda: HYBRID_NOW)
+    servers = ReplayServers(SimProvider(sim), flatfile_days=(HYBRID_DAYS[0], HYBRID_DAYS[-1]), clock=lambda: HYBRID_NOW,
+                             bucket="flatfiles-hybrid")
     with servers:
         yield servers
 

@@ -93,3 +93,14 @@ def test_keys_and_entitlements(replay):
 def test_holiday_has_no_stock_file(replay):
     assert not calendar.is_session(date(2024, 11, 28))
     assert keys(s3(replay), "us_stocks_sip/minute_aggs_v1/2024/11/2024-11-28") == []
+
+
+def test_a_second_replay_of_the_same_bucket_is_refused_and_leaves_the_first_serving(replay, sim):
+    from market_platform.errors import ConfigError
+    from market_platform.replay import ReplayServers, SimProvider
+
+    client = s3(replay)
+    before = keys(client, "us_stocks_sip/minute_aggs_v1/2024/11/")
+    with pytest.raises(ConfigError, match="bucket 'flatfiles' already exists"):
+        ReplayServers(SimProvider(sim)).start()
+    assert before and keys(client, "us_stocks_sip/minute_aggs_v1/2024/11/") == before

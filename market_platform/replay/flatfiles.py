@@ -173,8 +173,9 @@ class FlatFilesReplay(Service):
             aws_secret_access_key="replay", region_name=self.region,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
         existing = {b["Name"] for b in self._client.list_buckets().get("Buckets", [])}
-        if self.bucket in existing:
-            self.stop()
+        if self.bucket in existing:  # another replay's bucket: stop this server, leave the bucket alone
+            self._server.stop()
+            self._server = self._client = None
             raise ConfigError(f"bucket {self.bucket!r} already exists in this process's moto state: "
                               "expected a bucket name no other replay uses")
         self._client.create_bucket(Bucket=self.bucket)

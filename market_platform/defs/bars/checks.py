@@ -106,7 +106,7 @@ def sources_agree(
     return per_session(context, lambda key: _sources_agree(lake, tick_store, key), severity=dg.AssetCheckSeverity.WARN)
 
 
-@dg.asset_check(asset=minute_bars, partitions_def=trading_days_def)
+@partitioned_check(asset=minute_bars, partitions_def=trading_days_def)
 def no_unexplained_jumps(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator:
     """No symbol's raw price moves more than 25% from the previous session's last close to this
     session's first open without a corporate action taking effect this session (a split, dividend
