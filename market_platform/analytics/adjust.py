@@ -214,6 +214,11 @@ WHERE first_day < end_day AND (symbol <> traded_symbol OR split_factor <> 1.0 OR
 """
 
 
+#: A session's raw close per dataset, aggregated over its rows `b` of one (symbol, session): bars_1d
+#: holds one bar per source (the first source's), minute_bars the session's minutes (the last one's).
+_SESSION_CLOSE = {"bars_1d": "min_by(b.close, b.source)", "minute_bars": "arg_max(b.close, b.ts)"}
+
+
 def _closes_sql(con: duckdb.DuckDBPyConnection, views: set[str], lake: Lake, days: list[date]) -> str:
     """A relation (symbol, day, close): the raw whole-session close of each (symbol, day) of
     `__adj_needed` (dividends' symbols on the sessions before their ex-dates), from bars_1d where
@@ -225,13 +230,12 @@ def _closes_sql(con: duckdb.DuckDBPyConnection, views: set[str], lake: Lake, day
     in_daily = [d for d in days if d.isoformat() in daily_days]
     elsewhere = [d for d in days if d.isoformat() in minute_days - daily_days]
     parts = []
-    for dataset, wanted, close in (("bars_1d", in_daily, "min_by(b.close, b.source)"),
-                                   ("minute_bars", elsewhere, "arg_max(b.close, b.ts)")):
+    for dataset, wanted in (("bars_1d", in_daily), ("minute_bars", elsewhere)):
         scan = lake.scan(con, dataset, wanted) if wanted else None
         if scan is None:
             continue
         scan.create_view(f"__adj_scan_{dataset}")
-        parts.append(f"SELECT b.symbol, b.date AS day, {close} AS close FROM __adj_scan_{dataset} b "
+        parts.append(f"SELECT b.symbol, b.date AS day, {_SESSION_CLOSE[dataset]} AS close FROM __adj_scan_{dataset} b "
                      "SEMI JOIN __adj_needed n ON b.symbol = n.symbol AND b.date = n.day GROUP BY b.symbol, b.date")
     if not parts:
         return "SELECT CAST(NULL AS VARCHAR) AS symbol, CAST(NULL AS DATE) AS day, CAST(NULL AS DOUBLE) AS close WHERE false"
@@ -252,11 +256,10 @@ def _gap_closes(con: duckdb.DuckDBPyConnection, views: set[str], lake: Lake) -> 
                 {"first": date.fromisoformat(dates[0])})
     if not con.sql("SELECT count(*) FROM __adj_gaps").fetchall()[0][0]:
         return
-    close = "min_by(b.close, b.source)" if source == "bars_1d" else "arg_max(b.close, b.ts)"
     con.execute(f"""
         INSERT INTO __adj_closes
         SELECT g.symbol, g.day, c.close FROM __adj_gaps g
-        ASOF JOIN (SELECT b.symbol, b.date AS day, {close} AS close FROM {source} b
+        ASOF JOIN (SELECT b.symbol, b.date AS day, {_SESSION_CLOSE[source]} AS close FROM {source} b
                    WHERE b.symbol IN (SELECT symbol FROM __adj_gaps) GROUP BY b.symbol, b.date) c
           ON g.symbol = c.symbol AND g.day >= c.day""")
 
