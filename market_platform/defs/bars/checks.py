@@ -122,8 +122,10 @@ def _no_unexplained_jumps(lake, key: str) -> quality.CheckOutcome:
     if not lake.has_partition("minute_bars", previous):
         return quality.CheckOutcome(True, f"no minute_bars for {previous}, the session before {key}: "
                                           "no close to compare with", {"unexplained_jumps": 0})
-    return quality.no_unexplained_jumps(lake.read_partition("minute_bars", day),
-                                        lake.read_partition("minute_bars", previous), day_actions(lake, day), day)
+    # Only the columns the check reads: a session's first opens and the previous one's last closes.
+    return quality.no_unexplained_jumps(lake.read_partition("minute_bars", day, columns=["symbol", "ts", "open"]),
+                                        lake.read_partition("minute_bars", previous, columns=["symbol", "ts", "close"]),
+                                        day_actions(lake, day), day)
 
 
 def _sources_agree(lake: LakeResource, tick_store: TickStoreResource, key: str) -> quality.CheckOutcome:
