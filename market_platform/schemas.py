@@ -213,6 +213,10 @@ CORPORATE_ACTIONS = pa.schema(
     ]
 )
 
+#: The order corporate actions are kept in, in every table of them.
+ACTIONS_ORDER = [("symbol", "ascending"), ("ex_date", "ascending"), ("action_type", "ascending"),
+                 ("action_id", "ascending")]
+
 
 def action_id(action_type: str, symbol: str, ex_date, dividend_type: str | None = None) -> str:
     """The `action_id` of a corporate action (see CORPORATE_ACTIONS)."""
@@ -235,8 +239,7 @@ def actions_table(rows: list[dict], source: str) -> pa.Table:
             full.append(out)
     table = conform(pa.Table.from_pylist(full, schema=CORPORATE_ACTIONS.with_metadata(None))
                     if full else CORPORATE_ACTIONS.empty_table(), CORPORATE_ACTIONS)
-    return table.sort_by([("symbol", "ascending"), ("ex_date", "ascending"), ("action_type", "ascending"),
-                          ("action_id", "ascending")])
+    return table.sort_by(ACTIONS_ORDER)
 
 
 #: Columns that identify a row; writers deduplicate on them.

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from market_platform.history.vendors import Vendors
-from market_platform.schemas import CORPORATE_ACTIONS, conform
+from market_platform.schemas import ACTIONS_ORDER, CORPORATE_ACTIONS, conform
 from market_platform.storage.lake import Lake
 from market_platform.storage.timescale import TickStore
 
@@ -88,5 +88,4 @@ def merge(old: pa.Table | None, fresh: pa.Table, *, start: date, end: date,
         kept = old.filter(pc.invert(scope))
         kept = kept.filter(pc.invert(pc.is_in(kept.column("action_id"), value_set=fresh.column("action_id"))))
     table = pa.concat_tables([kept, fresh])
-    return table.sort_by([("symbol", "ascending"), ("ex_date", "ascending"), ("action_type", "ascending"),
-                          ("action_id", "ascending")])
+    return table.sort_by(ACTIONS_ORDER)

@@ -60,7 +60,7 @@ import pyarrow.compute as pc
 
 from market_platform import calendar
 from market_platform.errors import InvalidInputError
-from market_platform.schemas import BARS, CATEGORIES, QUOTES, TRADES, TS, UNIVERSE, Source, quote_seq
+from market_platform.schemas import ACTIONS_ORDER, BARS, CATEGORIES, QUOTES, TRADES, TS, UNIVERSE, Source, quote_seq
 from market_platform.sources import sim_actions
 from market_platform.sources import sim_random as rnd
 from market_platform.sources.sim_reference import (
@@ -744,8 +744,7 @@ class SimMarket:
         else:
             index = index[self._at_scale(schedule.row[index], schedule.ex[index])]
         table = schedule.table(index)
-        return table.sort_by([("symbol", "ascending"), ("ex_date", "ascending"), ("action_type", "ascending"),
-                              ("action_id", "ascending")])
+        return table.sort_by(ACTIONS_ORDER)
 
     def _at_scale(self, rows: np.ndarray, ex: np.ndarray) -> np.ndarray:
         """Whether each row traded at this scale on the calendar day before its ex-date."""
