@@ -29,15 +29,9 @@ VWAP_COLOR, GRID, TEXT, MUTED, SHADE = "#ff9800", "#e9ecef", "#131722", "#787b86
 
 _COLUMNS = ["ts", "open", "high", "low", "close", "volume", "vwap"]
 
+# From the lake's minute_bars, or an adjusted view of them (adjust.view_name), where `symbol` is
+# today's name of the ticker.
 _LAKE_SQL = """
-SELECT CAST(ts AS TIMESTAMPTZ) AS ts, open, high, low, close, volume, vwap
-FROM minute_bars
-WHERE symbol = $symbol AND date BETWEEN $start AND $end
-QUALIFY row_number() OVER (PARTITION BY ts ORDER BY source) = 1
-"""
-
-# The same from an adjusted view (adjust.view_name): `symbol` there is today's name of the ticker.
-_ADJUSTED_SQL = """
 SELECT CAST(ts AS TIMESTAMPTZ) AS ts, open, high, low, close, volume, vwap
 FROM {view}
 WHERE symbol = $symbol AND date BETWEEN $start AND $end
@@ -118,11 +112,11 @@ def load_bars(
     stored = [d for d in lake.dates("minute_bars") if start.isoformat() <= d <= end.isoformat()]
     pieces = []
     if stored and adjust == "none":
-        pieces.append(lake.query(_LAKE_SQL, {"symbol": symbol, "start": start, "end": end}))
+        pieces.append(lake.query(_LAKE_SQL.format(view="minute_bars"), {"symbol": symbol, "start": start, "end": end}))
     elif stored:
         adjusted, _ = adjustment.connect(lake, symbols=[symbol], dividends=adjust == "all")
         try:
-            pieces.append(adjusted.sql(_ADJUSTED_SQL.format(view=adjustment.view_name("minute_bars", adjust)),
+            pieces.append(adjusted.sql(_LAKE_SQL.format(view=adjustment.view_name("minute_bars", adjust)),
                                        params={"symbol": symbol, "start": start, "end": end}).to_arrow_table())
         finally:
             adjusted.close()
