@@ -317,13 +317,13 @@ def install(con: duckdb.DuckDBPyConnection, lake: Lake, *, as_of: date | str | N
             _CACHE[key] = computed
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
-    else:
+    else:  # cached: copy its tables into `con` (on a miss, `_compute` created them in `con` already)
         _CACHE.move_to_end(key)
-    for name, table in (("symbol_lineage", computed.lineage), ("__adj_factors", computed.factors),
-                        ("__adj_ranges", computed.ranges)):
-        con.register(f"{name}_arrow", table)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
-        con.unregister(f"{name}_arrow")
+        for name, table in (("symbol_lineage", computed.lineage), ("__adj_factors", computed.factors),
+                            ("__adj_ranges", computed.ranges)):
+            con.register(f"{name}_arrow", table)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
+            con.unregister(f"{name}_arrow")
     con.execute("CREATE OR REPLACE TEMP TABLE adjustment_factors AS SELECT * FROM __adj_factors")
     created = []
     for dataset in BAR_DATASETS:
