@@ -40,6 +40,9 @@ from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+#: The checkout holding the package (dagster.yaml, workspace.yaml).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 HOME_VAR = "MARKET_PLATFORM_HOME"
 DB_URL_VAR = "MARKET_DB_URL"
 LAKE_URL_VAR = "MARKET_LAKE_URL"
