@@ -105,6 +105,9 @@ UNIVERSE = pa.schema(
 
 #: Ticker categories, as partitions of `ticker_universe`.
 CATEGORIES = ("us_equities", "etf", "crypto", "fx", "options", "indices", "otc")
+#: The categories whose tickers have minute bars on trading days (the "stocks" universe; what a
+#: stock stream or snapshot poll covers).
+STOCK_CATEGORIES = ("us_equities", "etf")
 
 #: A universe ranked by a measure: UNIVERSE rows plus their rank (1 = first) and the average
 #: daily dollar volume (close x volume) they were ranked by, e.g. the `top3000` universe.

@@ -40,6 +40,9 @@ from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+#: The checkout holding the package (dagster.yaml, workspace.yaml).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 HOME_VAR = "MARKET_PLATFORM_HOME"
 DB_URL_VAR = "MARKET_DB_URL"
 LAKE_URL_VAR = "MARKET_LAKE_URL"
@@ -83,20 +86,22 @@ def history_start(today: date | None = None) -> date:
     calendar's start) to today, else January 1 of the year before `today` (default: today in
     UTC). The default holds a year of sessions or more, the demo's among them, and moves once a
     year; a deployment keeping older history sets the variable."""
+    from market_platform.calendar import CALENDAR_START
     from market_platform.errors import ConfigError
 
     today = today or datetime.now(timezone.utc).date()
+    default = date(today.year - 1, 1, 1)
     raw = (os.environ.get(HISTORY_START_VAR) or "").strip()
     if not raw:
-        return date(today.year - 1, 1, 1)
+        return default
     try:
         start = date.fromisoformat(raw)
     except ValueError:
         start = None
-    if start is None or not date(2004, 1, 2) <= start <= today:
-        raise ConfigError(f"{HISTORY_START_VAR}={raw!r}: expected a day YYYY-MM-DD from 2004-01-02 to "
-                          f"{today.isoformat()} (the first session of the history), or unset it for "
-                          f"{date(today.year - 1, 1, 1).isoformat()}")
+    if start is None or not CALENDAR_START <= start <= today:
+        raise ConfigError(f"{HISTORY_START_VAR}={raw!r}: expected a day YYYY-MM-DD from {CALENDAR_START.isoformat()} "
+                          f"to {today.isoformat()} (the first session of the history), or unset it for "
+                          f"{default.isoformat()}")
     return start
 
 

@@ -10,7 +10,6 @@ import functools
 import os
 import shutil
 import sys
-from pathlib import Path
 from typing import Callable
 
 import click
@@ -18,7 +17,7 @@ import click
 from market_platform import settings
 from market_platform.errors import MarketPlatformError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+PROJECT_ROOT = settings.PROJECT_ROOT
 
 #: In-process runs started from the CLI print nothing on the terminal: their whole log, the
 #: tracebacks of a failure included, is in the run's event log (the UI); the command prints one line.

@@ -269,8 +269,9 @@ def status(ticker: str | None, dataset: str | None, workers: bool = False) -> No
     store.check(exists=True)
     if ticker is not None:
         history = lake_status.ticker_history(store, ticker)
-        found = [c for name in history.traded_symbols
-                 for c in (lake_status.coverage(store, d, name) for d in lake_status.BAR_DATASETS) if c.rows]
+        by_name = [(name, [c for c in (lake_status.coverage(store, d, name) for d in lake_status.BAR_DATASETS)
+                           if c.rows]) for name in history.traded_symbols]
+        found = [c for _, coverages in by_name for c in coverages]
         listed = lake_status.ticker_snapshots(store, ticker)
         if not found and not listed:
             raise InvalidInputError(f"the lake at {store.url} has no bars and no universe snapshot listing "
@@ -281,10 +282,9 @@ def status(ticker: str | None, dataset: str | None, workers: bool = False) -> No
             click.echo(f"universe: listed in {len(listed)} snapshots from {listed[0][1]} to {listed[-1][1]} "
                        f"({', '.join(sorted({c for c, _ in listed}))})")
         if len(history.names) > 1:
-            for name in history.traded_symbols:
+            for name, coverages in by_name:
                 click.echo(f"bars traded as {name}")
-                _print_coverages([c for c in (lake_status.coverage(store, d, name) for d in lake_status.BAR_DATASETS)
-                                  if c.rows])
+                _print_coverages(coverages)
         else:
             _print_coverages(found)
         return

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -205,6 +204,6 @@ def remote_job_origin(job_name: str):
 
     location = ManagedGrpcPythonEnvCodeLocationOrigin(
         LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE,
-                             working_directory=str(Path(__file__).resolve().parent.parent.parent)),
+                             working_directory=str(settings.PROJECT_ROOT)),
         location_name=CODE_LOCATION)
     return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)

@@ -35,14 +35,12 @@ import pyarrow.compute as pc
 from market_platform import calendar, progress
 from market_platform.errors import InvalidInputError, MarketPlatformError, PartitionNotFoundError
 from market_platform.history.vendors import Vendors
-from market_platform.schemas import BARS, CATEGORIES, RANKED_UNIVERSE, UNIVERSE, conform
+from market_platform.schemas import BARS, CATEGORIES, RANKED_UNIVERSE, STOCK_CATEGORIES, UNIVERSE, conform
 from market_platform.sources.vendor import run_concurrently
 from market_platform.storage.lake import Lake
 
 TOP_DATASET = "top3000"
 
-#: The categories whose tickers have minute bars on trading days (the "stocks" universe).
-STOCK_CATEGORIES = ("us_equities", "etf")
 #: Universes a bars backfill can follow.
 UNIVERSES = ("stocks", TOP_DATASET)
 TOP_SIZE = 3000

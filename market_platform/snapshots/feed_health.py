@@ -71,11 +71,13 @@ traded AS (
       AND min_ts >= %(start)s AND min_ts < %(end)s AND min_volume > 0
 ),
 judged AS (
+    -- covered_by is looked up only for a minute with no live bar (the only ones it decides).
     SELECT t.symbol, t.ts, l.ts IS NULL AS unlive,
+           CASE WHEN l.ts IS NULL THEN
            (SELECT min(g.id) FROM stream_gaps g JOIN spans s USING (stream)
             WHERE g.kind <> 'silent_stall' AND t.ts BETWEEN s.lo AND s.hi
               AND g.gap_start < t.ts + INTERVAL '1 minute' AND coalesce(g.gap_end, 'infinity') > t.ts
-              AND (cardinality(g.symbols) = 0 OR t.symbol = ANY(g.symbols))) AS covered_by
+              AND (cardinality(g.symbols) = 0 OR t.symbol = ANY(g.symbols))) END AS covered_by
     FROM traded t
     JOIN carried USING (symbol)
     CROSS JOIN horizon h

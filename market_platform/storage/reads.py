@@ -13,7 +13,7 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 
 from market_platform.errors import InvalidInputError
-from market_platform.schemas import SCHEMAS
+from market_platform.schemas import SCHEMAS, STOCK_CATEGORIES
 from market_platform.storage.maintenance import aware
 from market_platform.storage.migrations import Schema
 from market_platform.storage.refresh import ROLLUPS, Refresher
@@ -83,9 +83,6 @@ def _csv_to_arrow(data: bytes, description: Sequence[Any], by_schema: Sequence[b
     return table
 
 
-
-#: The categories a stock stream or snapshot poll covers.
-STOCK_CATEGORIES = ("us_equities", "etf")
 
 #: Per category, the active symbols of the snapshot in force on the day: the latest on or before
 #: it, never a later one, which would list tickers not listed yet (the rule backfills follow too:
